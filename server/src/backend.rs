@@ -1,0 +1,217 @@
+//! Choosing the Burn device: wgpu on a hardware adapter, the CPU backend (burn-flex)
+//! otherwise. Software rasterizers (llvmpipe/lavapipe) are ~30x slower than the
+//! CPU backend, so `auto` never picks them; `wgpu` forces wgpu whatever it finds.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::wgpu::wgpu as wgpu_api;
+use burn::tensor::{Device, DeviceKind};
+
+use crate::model::Layout;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// wgpu on a hardware GPU adapter, else the CPU backend
+    Auto,
+    /// burn-wgpu (Metal on Apple silicon, Vulkan elsewhere), even on a software adapter
+    Wgpu,
+    /// burn-flex on the CPU (SIMD + rayon)
+    Cpu,
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "wgpu" => Ok(Self::Wgpu),
+            "cpu" => Ok(Self::Cpu),
+            other => Err(format!("unknown backend {other:?} (auto, wgpu, cpu)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Wgpu,
+    Cpu,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Wgpu => "wgpu",
+            Self::Cpu => "cpu",
+        })
+    }
+}
+
+/// The device that actually runs, with the names the logs, `Info` and the report use.
+#[derive(Debug, Clone)]
+pub struct SelectedDevice {
+    pub device: Device,
+    pub backend: BackendKind,
+    /// e.g. "NVIDIA H200 (Vulkan, discrete)" or "AMD EPYC 7B13 (2 threads, burn-flex)"
+    pub name: String,
+    /// A software rasterizer: correct but slow.
+    pub software: bool,
+}
+
+impl SelectedDevice {
+    /// The batch layout that suits this device (see `model::bert`).
+    pub fn preferred_layout(&self) -> Layout {
+        match self.backend {
+            BackendKind::Cpu => Layout::Packed,
+            BackendKind::Wgpu => Layout::Padded,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("no wgpu adapter found (install a Vulkan driver, or use --backend cpu)")]
+    NoAdapter,
+}
+
+/// What wgpu can see, without starting Burn's runtime.
+#[derive(Debug, Clone)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub kind: wgpu_api::DeviceType,
+    pub driver: String,
+}
+
+impl AdapterSummary {
+    pub fn is_software(&self) -> bool {
+        self.kind == wgpu_api::DeviceType::Cpu
+    }
+    fn describe(&self) -> String {
+        let kind = match self.kind {
+            wgpu_api::DeviceType::DiscreteGpu => "discrete GPU",
+            wgpu_api::DeviceType::IntegratedGpu => "integrated GPU",
+            wgpu_api::DeviceType::VirtualGpu => "virtual GPU",
+            wgpu_api::DeviceType::Cpu => "software rasterizer",
+            wgpu_api::DeviceType::Other => "other",
+        };
+        format!("{} ({}, {kind})", self.name, self.backend)
+    }
+}
+
+/// Every adapter wgpu finds on this machine.
+pub fn adapters() -> Vec<AdapterSummary> {
+    let instance = wgpu_api::Instance::default();
+    let found = block_on(instance.enumerate_adapters(wgpu_api::Backends::all()));
+    found
+        .into_iter()
+        .map(|a| {
+            let info = a.get_info();
+            AdapterSummary {
+                name: info.name,
+                backend: format!("{:?}", info.backend),
+                kind: info.device_type,
+                driver: info.driver,
+            }
+        })
+        .collect()
+}
+
+/// Native wgpu resolves adapter enumeration without waiting; poll until it does.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::yield_now();
+    }
+}
+
+fn cpu_device() -> SelectedDevice {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    SelectedDevice {
+        device: Device::flex(),
+        backend: BackendKind::Cpu,
+        name: format!("{} ({threads} threads, burn-flex)", cpu_model()),
+        software: false,
+    }
+}
+
+/// The processor's marketing name, where the platform tells it.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Picks the device for `choice`, logging what was found and what runs.
+pub fn select(choice: BackendChoice) -> Result<SelectedDevice, BackendError> {
+    if choice == BackendChoice::Cpu {
+        let d = cpu_device();
+        tracing::info!(backend = "cpu", device = %d.name, "backend selected");
+        return Ok(d);
+    }
+    let found = adapters();
+    for a in &found {
+        tracing::debug!(adapter = %a.describe(), driver = %a.driver, "wgpu adapter");
+    }
+    let hardware = found.iter().find(|a| !a.is_software());
+    let chosen = match (choice, hardware) {
+        (_, Some(hw)) => Some((hw.clone(), device_kind(hw))),
+        (BackendChoice::Wgpu, None) => found.first().map(|a| (a.clone(), DeviceKind::Cpu)),
+        _ => None,
+    };
+    match chosen {
+        Some((adapter, kind)) => {
+            let d = SelectedDevice {
+                device: Device::wgpu(kind),
+                backend: BackendKind::Wgpu,
+                name: adapter.describe(),
+                software: adapter.is_software(),
+            };
+            if d.software {
+                tracing::warn!(device = %d.name, "wgpu runs on a software rasterizer: correct but far slower than --backend cpu");
+            }
+            tracing::info!(backend = "wgpu", device = %d.name, "backend selected");
+            Ok(d)
+        }
+        None if choice == BackendChoice::Wgpu => Err(BackendError::NoAdapter),
+        None => {
+            let d = cpu_device();
+            let why = if found.is_empty() {
+                "no wgpu adapter".to_string()
+            } else {
+                format!(
+                    "only software adapters ({})",
+                    found
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            tracing::info!(backend = "cpu", device = %d.name, reason = %why, "backend selected");
+            Ok(d)
+        }
+    }
+}
+
+fn device_kind(a: &AdapterSummary) -> DeviceKind {
+    match a.kind {
+        wgpu_api::DeviceType::DiscreteGpu => DeviceKind::DiscreteGpu(0),
+        wgpu_api::DeviceType::IntegratedGpu => DeviceKind::IntegratedGpu(0),
+        wgpu_api::DeviceType::VirtualGpu => DeviceKind::VirtualGpu(0),
+        wgpu_api::DeviceType::Cpu => DeviceKind::Cpu,
+        wgpu_api::DeviceType::Other => DeviceKind::DefaultDevice,
+    }
+}

@@ -1,0 +1,182 @@
+//! The offline benchmark: forward and tokenization throughput on a pair file, at
+//! several batch sizes, with achieved model GFLOP/s beside the device's matmul GFLOP/s.
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::{Device, Distribution, Tensor};
+use serde::Serialize;
+
+use crate::model::{CrossEncoder, Encoded, ModelError};
+use crate::pairs::Pair;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchResult {
+    pub batch: usize,
+    /// Pairs per second of forward passes (tokenization excluded), median run.
+    pub forward_pairs_per_s: f64,
+    /// Model FLOPs of a plain unpadded forward over the real tokens, per second.
+    pub model_gflop_per_s: f64,
+    /// Tokens the layout computed per pair (real tokens when packed).
+    pub computed_tokens_per_pair: f64,
+    pub runs_s: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub backend: String,
+    pub device: String,
+    pub layout: String,
+    pub pairs: usize,
+    pub real_tokens_per_pair: f64,
+    pub gflop_per_pair: f64,
+    pub tokenize_pairs_per_s: f64,
+    pub matmul_gflop_per_s: f64,
+    pub batches: Vec<BatchResult>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Best of `reps` square `n`×`n` matmuls on `device`, in GFLOP/s.
+pub fn matmul_gflops(device: &Device, n: usize, reps: usize) -> Result<f64, ModelError> {
+    let a: Tensor<2> = Tensor::random([n, n], Distribution::Default, device);
+    let b: Tensor<2> = Tensor::random([n, n], Distribution::Default, device);
+    let sync = || {
+        device
+            .sync()
+            .map_err(|e| ModelError::Inference(format!("{e:?}")))
+    };
+    // Warm-up (and autotune on wgpu).
+    let _ = a.clone().matmul(b.clone());
+    sync()?;
+    let mut best = Duration::MAX;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        let c = a.clone().matmul(b.clone());
+        sync()?;
+        best = best.min(t.elapsed());
+        drop(c);
+    }
+    Ok(2.0 * (n as f64).powi(3) / best.as_secs_f64() / 1e9)
+}
+
+pub struct BenchOptions {
+    pub batches: Vec<usize>,
+    pub repeat: usize,
+    pub matmul_n: usize,
+}
+
+pub fn run(
+    model: &CrossEncoder,
+    pairs: &[Pair],
+    opts: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport, ModelError> {
+    // Tokenization, single thread, as the offline path does it.
+    let t = Instant::now();
+    let encoded: Vec<Encoded> = pairs
+        .iter()
+        .map(|p| model.encode(&p.query, &p.passage))
+        .collect::<Result<_, _>>()?;
+    let tokenize_pairs_per_s = pairs.len() as f64 / t.elapsed().as_secs_f64();
+    let cfg = model.config();
+    let real_tokens: usize = encoded.iter().map(Encoded::len).sum();
+    let flops: f64 = encoded
+        .iter()
+        .map(|e| cfg.flops_per_sequence(e.len()))
+        .sum();
+    progress(&format!(
+        "tokenized {} pairs: {tokenize_pairs_per_s:.0} pairs/s",
+        pairs.len()
+    ));
+
+    let matmul = matmul_gflops(&model.device().device, opts.matmul_n, 5)?;
+    progress(&format!(
+        "matmul {n}x{n}x{n}: {matmul:.1} GFLOP/s",
+        n = opts.matmul_n
+    ));
+
+    let mut batches = Vec::new();
+    for &batch in &opts.batches {
+        let chunks: Vec<Vec<&Encoded>> = encoded
+            .chunks(batch.max(1))
+            .map(|c| c.iter().collect())
+            .collect();
+        let computed: usize = match model.layout() {
+            crate::model::Layout::Packed => real_tokens,
+            crate::model::Layout::Padded => chunks
+                .iter()
+                .map(|c| {
+                    let longest = c.iter().map(|e| e.len()).max().unwrap_or(0);
+                    c.len() * crate::model::padded_len(longest, cfg.max_position_embeddings)
+                })
+                .sum(),
+        };
+        // Warm-up: first batch (allocations; kernel autotune on wgpu).
+        model.forward(&chunks[0])?;
+        let mut runs = Vec::new();
+        for _ in 0..opts.repeat.max(1) {
+            let t = Instant::now();
+            for c in &chunks {
+                model.forward(c)?;
+            }
+            runs.push(t.elapsed().as_secs_f64());
+        }
+        let secs = median(&mut runs.clone());
+        let r = BatchResult {
+            batch,
+            forward_pairs_per_s: pairs.len() as f64 / secs,
+            model_gflop_per_s: flops / secs / 1e9,
+            computed_tokens_per_pair: computed as f64 / pairs.len() as f64,
+            runs_s: runs,
+        };
+        progress(&format!(
+            "batch {batch}: {:.1} pairs/s, {:.1} GFLOP/s",
+            r.forward_pairs_per_s, r.model_gflop_per_s
+        ));
+        batches.push(r);
+    }
+    Ok(BenchReport {
+        backend: model.device().backend.to_string(),
+        device: model.device().name.clone(),
+        layout: format!("{:?}", model.layout()).to_lowercase(),
+        pairs: pairs.len(),
+        real_tokens_per_pair: real_tokens as f64 / pairs.len() as f64,
+        gflop_per_pair: flops / pairs.len() as f64 / 1e9,
+        tokenize_pairs_per_s,
+        matmul_gflop_per_s: matmul,
+        batches,
+    })
+}
+
+impl BenchReport {
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "backend {} on {} ({} layout); {} pairs, {:.1} real tokens/pair, {:.2} GFLOP/pair\n\
+             tokenization: {:.0} pairs/s (1 thread); matmul peak: {:.1} GFLOP/s\n\n\
+             | batch | forward pairs/s | model GFLOP/s | % of matmul | computed tokens/pair |\n\
+             |---|---|---|---|---|\n",
+            self.backend,
+            self.device,
+            self.layout,
+            self.pairs,
+            self.real_tokens_per_pair,
+            self.gflop_per_pair,
+            self.tokenize_pairs_per_s,
+            self.matmul_gflop_per_s
+        );
+        for b in &self.batches {
+            s.push_str(&format!(
+                "| {} | {:.1} | {:.1} | {:.0}% | {:.1} |\n",
+                b.batch,
+                b.forward_pairs_per_s,
+                b.model_gflop_per_s,
+                100.0 * b.model_gflop_per_s / self.matmul_gflop_per_s,
+                b.computed_tokens_per_pair
+            ));
+        }
+        s
+    }
+}

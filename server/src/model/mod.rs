@@ -1,0 +1,157 @@
+//! The cross-encoder: config, checked weights, the BERT forward on Burn, and the
+//! tokenizer, loaded together from one HuggingFace-format directory.
+
+mod bert;
+pub mod config;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+pub use bert::{Bert, Encoded, Layout, padded_len};
+pub use config::BertConfig;
+pub use weights::{Checkpoint, KeyLayout};
+
+use crate::backend::SelectedDevice;
+use crate::tokenize::PairTokenizer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid config: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    #[error("{path}: tokenizer: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("invalid input: {0}")]
+    Input(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A loaded cross-encoder, ready to score pairs on one device.
+pub struct CrossEncoder {
+    bert: Bert,
+    tokenizer: PairTokenizer,
+    layout: Layout,
+    key_layout: KeyLayout,
+    standin_head: bool,
+    device: SelectedDevice,
+}
+
+/// `classifier.weight[0][i] = f32(0.05 * sin(0.37 i + 0.11))`, bias 0: the stand-in's
+/// synthetic head (../shared/reference/README.md). Used to name the model honestly.
+pub fn is_standin_head(weight: &[f32], bias: &[f32]) -> bool {
+    bias.iter().all(|&b| b == 0.0)
+        && weight
+            .iter()
+            .enumerate()
+            .all(|(i, &w)| w == (0.05 * (0.37 * i as f64 + 0.11).sin()) as f32)
+}
+
+impl CrossEncoder {
+    /// Loads `config.json`, `model.safetensors` and `tokenizer.json` from `dir`.
+    pub fn load(dir: &Path, device: SelectedDevice) -> Result<Self, ModelError> {
+        let cfg = BertConfig::from_file(&dir.join("config.json"))?;
+        let ck = Checkpoint::load(&dir.join("model.safetensors"), &cfg)?;
+        let key_layout = ck.layout;
+        let standin_head = match (ck.get("classifier.weight"), ck.get("classifier.bias")) {
+            (Some(w), Some(b)) => is_standin_head(&w.data, &b.data),
+            _ => false,
+        };
+        let max_len = max_length(dir, &cfg);
+        let tokenizer = PairTokenizer::from_file(&dir.join("tokenizer.json"), max_len)?;
+        let bert = Bert::new(cfg, ck, &device.device)?;
+        Ok(Self {
+            bert,
+            tokenizer,
+            layout: device.preferred_layout(),
+            key_layout,
+            standin_head,
+            device,
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        self.bert.config()
+    }
+    pub fn tokenizer(&self) -> &PairTokenizer {
+        &self.tokenizer
+    }
+    pub fn device(&self) -> &SelectedDevice {
+        &self.device
+    }
+    pub fn key_layout(&self) -> KeyLayout {
+        self.key_layout
+    }
+    /// True when the classifier head is the offline stand-in's synthetic one.
+    pub fn is_standin(&self) -> bool {
+        self.standin_head
+    }
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+    pub fn set_layout(&mut self, layout: Layout) {
+        self.layout = layout;
+    }
+
+    pub fn encode(&self, query: &str, passage: &str) -> Result<Encoded, ModelError> {
+        self.tokenizer.encode(query, passage)
+    }
+
+    /// Raw logits for already-encoded pairs, one forward pass. A panic inside the
+    /// tensor library becomes an error, so one bad batch cannot take a server down.
+    pub fn forward(&self, batch: &[&Encoded]) -> Result<Vec<f32>, ModelError> {
+        let layout = self.layout;
+        let bert = &self.bert;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bert.forward(batch, layout)))
+        {
+            Ok(r) => r,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic in the tensor backend".into());
+                Err(ModelError::Inference(msg))
+            }
+        }
+    }
+
+    /// Tokenizes and scores pairs in chunks of `batch` (raw logits, in order).
+    pub fn score_pairs(
+        &self,
+        pairs: &[(String, String)],
+        batch: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        let encoded = pairs
+            .iter()
+            .map(|(q, p)| self.encode(q, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(pairs.len());
+        for chunk in encoded.chunks(batch.max(1)) {
+            let refs: Vec<&Encoded> = chunk.iter().collect();
+            out.extend(self.forward(&refs)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The tokenizer's `model_max_length`, capped by the position table.
+fn max_length(dir: &Path, cfg: &BertConfig) -> usize {
+    let from_tokenizer = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("model_max_length").and_then(|m| m.as_f64()))
+        .filter(|&m| m >= 3.0)
+        .map(|m| m as usize);
+    from_tokenizer
+        .unwrap_or(cfg.max_position_embeddings)
+        .min(cfg.max_position_embeddings)
+}

@@ -1,0 +1,125 @@
+//! The model on the CPU backend against HF transformers (../shared/reference).
+
+mod common;
+
+use crossbatch_server::backend::{self, BackendChoice};
+use crossbatch_server::model::{CrossEncoder, Encoded, Layout};
+
+fn cpu_model() -> CrossEncoder {
+    let dev = backend::select(BackendChoice::Cpu).expect("cpu backend");
+    CrossEncoder::load(&common::standin_dir(), dev).expect("stand-in loads")
+}
+
+#[test]
+fn token_ids_match_reference_for_every_row() {
+    let model = cpu_model();
+    for (i, row) in common::parity_rows().iter().enumerate() {
+        let enc = model.encode(&row.query, &row.passage).expect("encodes");
+        assert_eq!(enc.ids, row.input_ids, "input_ids of row {i}");
+        assert_eq!(
+            enc.type_ids, row.token_type_ids,
+            "token_type_ids of row {i}"
+        );
+        assert_eq!(enc.len(), row.seq_len, "seq_len of row {i}");
+    }
+}
+
+fn check_logits(model: &CrossEncoder, batch: usize, tol: f64) {
+    let rows = common::parity_rows();
+    let encoded: Vec<Encoded> = rows
+        .iter()
+        .map(|r| model.encode(&r.query, &r.passage).expect("encodes"))
+        .collect();
+    let mut got = Vec::new();
+    for chunk in encoded.chunks(batch) {
+        let refs: Vec<&Encoded> = chunk.iter().collect();
+        got.extend(model.forward(&refs).expect("forward"));
+    }
+    let mut worst = (0.0f64, 0usize);
+    for (i, (g, r)) in got.iter().zip(&rows).enumerate() {
+        let d = (*g as f64 - r.logit_f64).abs();
+        if d > worst.0 {
+            worst = (d, i);
+        }
+    }
+    eprintln!(
+        "{:?} layout, batch {batch}: max |rust - hf_f64| = {:.3e} (row {})",
+        model.layout(),
+        worst.0,
+        worst.1
+    );
+    assert!(
+        worst.0 <= tol,
+        "row {} differs by {:.3e} > {tol:e}: got {}, reference {}",
+        worst.1,
+        worst.0,
+        got[worst.1],
+        rows[worst.1].logit_f64
+    );
+}
+
+#[test]
+fn logits_match_reference_packed_one_by_one_and_batched() {
+    let model = cpu_model();
+    assert_eq!(model.layout(), Layout::Packed, "CPU runs packed");
+    check_logits(&model, 1, 1e-5);
+    check_logits(&model, 16, 1e-5);
+}
+
+#[test]
+fn logits_match_reference_padded_with_attention_mask() {
+    let mut model = cpu_model();
+    model.set_layout(Layout::Padded);
+    // 64 rows of mixed lengths (3..512) in one padded batch: the mask must hide padding.
+    check_logits(&model, 64, 1e-5);
+}
+
+#[test]
+fn a_pair_scores_the_same_alone_and_inside_a_padded_mixed_batch() {
+    let rows = common::parity_rows();
+    for layout in [Layout::Packed, Layout::Padded] {
+        let mut model = cpu_model();
+        model.set_layout(layout);
+        let enc: Vec<Encoded> = rows
+            .iter()
+            .take(12)
+            .map(|r| model.encode(&r.query, &r.passage).expect("encodes"))
+            .collect();
+        // Row 3's passage is >512 tokens; mix short and long around a short pair.
+        let target = &enc[0];
+        let alone = model.forward(&[target]).expect("forward")[0];
+        let mixed: Vec<&Encoded> = vec![&enc[3], &enc[9], target, &enc[5], &enc[1]];
+        assert!(
+            mixed.iter().any(|e| e.len() > 2 * target.len()),
+            "batch must pad"
+        );
+        let in_batch = model.forward(&mixed).expect("forward")[2];
+        assert!(
+            (alone - in_batch).abs() <= 1e-6,
+            "{layout:?}: alone {alone} vs in batch {in_batch}"
+        );
+    }
+}
+
+#[test]
+fn rejects_malformed_sequences_with_an_error_not_a_panic() {
+    let model = cpu_model();
+    let empty = Encoded {
+        ids: vec![],
+        type_ids: vec![],
+    };
+    assert!(model.forward(&[&empty]).is_err());
+    let out_of_vocab = Encoded {
+        ids: vec![101, 999_999, 102],
+        type_ids: vec![0, 0, 0],
+    };
+    let err = model
+        .forward(&[&out_of_vocab])
+        .expect_err("id outside vocab");
+    assert!(err.to_string().contains("999999"), "{err}");
+    let too_long = Encoded {
+        ids: vec![100; 513],
+        type_ids: vec![0; 513],
+    };
+    assert!(model.forward(&[&too_long]).is_err());
+}

@@ -1,0 +1,53 @@
+//! The model on burn-wgpu against HF transformers. CI installs the software Vulkan
+//! driver (mesa-vulkan-drivers) so this runs there; set CROSSBATCH_REQUIRE_WGPU=1 to
+//! make a missing adapter a failure instead of a loud "did not run".
+
+mod common;
+
+use crossbatch_server::backend::{self, BackendChoice, BackendKind};
+use crossbatch_server::model::{CrossEncoder, Encoded, Layout};
+
+#[test]
+fn wgpu_logits_match_reference() {
+    if backend::adapters().is_empty() {
+        let msg = "wgpu parity DID NOT RUN: no wgpu adapter (install mesa-vulkan-drivers)";
+        if std::env::var("CROSSBATCH_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
+            panic!("{msg}, and CROSSBATCH_REQUIRE_WGPU=1");
+        }
+        eprintln!("{msg}");
+        return;
+    }
+    let dev = backend::select(BackendChoice::Wgpu).expect("wgpu device");
+    assert_eq!(dev.backend, BackendKind::Wgpu);
+    eprintln!("wgpu device: {}", dev.name);
+    let model = CrossEncoder::load(&common::standin_dir(), dev).expect("loads on wgpu");
+    assert_eq!(model.layout(), Layout::Padded);
+
+    let rows = common::parity_rows();
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    // Length-sorted batches of 8: few distinct padded shapes (each is compiled once).
+    order.sort_by_key(|&i| rows[i].seq_len);
+    let encoded: Vec<Encoded> = rows
+        .iter()
+        .map(|r| model.encode(&r.query, &r.passage).expect("encodes"))
+        .collect();
+    let mut got = vec![f32::NAN; rows.len()];
+    for chunk in order.chunks(8) {
+        let refs: Vec<&Encoded> = chunk.iter().map(|&i| &encoded[i]).collect();
+        let scores = model.forward(&refs).expect("wgpu forward");
+        for (&i, s) in chunk.iter().zip(scores) {
+            got[i] = s;
+        }
+    }
+    let (worst, at) = got
+        .iter()
+        .zip(&rows)
+        .map(|(g, r)| (*g as f64 - r.logit_f64).abs())
+        .enumerate()
+        .fold(
+            (0.0f64, 0usize),
+            |acc, (i, d)| if d > acc.0 { (d, i) } else { acc },
+        );
+    eprintln!("wgpu: max |rust - hf_f64| = {worst:.3e} (row {at})");
+    assert!(worst <= 2e-5, "row {at} differs by {worst:.3e}");
+}
