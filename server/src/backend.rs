@@ -59,6 +59,14 @@ pub struct SelectedDevice {
 }
 
 impl SelectedDevice {
+    /// Row blocks for element-wise activations run on the host (CPU backend only).
+    pub fn activation_parallelism(&self) -> usize {
+        match self.backend {
+            BackendKind::Cpu => rayon::current_num_threads(),
+            BackendKind::Wgpu => 1,
+        }
+    }
+
     /// The batch layout that suits this device (see `model::bert`).
     pub fn preferred_layout(&self) -> Layout {
         match self.backend {

@@ -11,6 +11,9 @@ use crossbatch_server::backend::{self, BackendChoice};
 use crossbatch_server::model::{CrossEncoder, Encoded};
 use crossbatch_server::{bench, pairs, source, standin};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "crossbatch-server",

@@ -67,7 +67,7 @@ impl CrossEncoder {
         };
         let max_len = max_length(dir, &cfg);
         let tokenizer = PairTokenizer::from_file(&dir.join("tokenizer.json"), max_len)?;
-        let bert = Bert::new(cfg, ck, &device.device)?;
+        let bert = Bert::new(cfg, ck, &device.device, device.activation_parallelism())?;
         Ok(Self {
             bert,
             tokenizer,
