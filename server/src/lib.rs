@@ -1,11 +1,16 @@
 //! crossbatch-server: the cross-encoder (`cross-encoder/ms-marco-MiniLM-L-6-v2`) on
-//! Burn, and the pieces around it (model source, stand-in, backend choice, bench).
+//! Burn, the gRPC service with its dynamic batcher, and the pieces around them
+//! (model source, stand-in, backend choice, bench).
 
 pub mod backend;
+pub mod batcher;
 pub mod bench;
+pub mod error;
 pub mod model;
 pub mod pairs;
 pub mod pyjson;
+pub mod serve;
+pub mod service;
 pub mod source;
 pub mod standin;
 pub mod tokenize;

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crossbatch_server::backend::{self, BackendChoice};
 use crossbatch_server::model::{CrossEncoder, Encoded};
-use crossbatch_server::{bench, pairs, source, standin};
+use crossbatch_server::{bench, pairs, serve, source, standin};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -36,6 +36,8 @@ enum Command {
     Score(ScoreArgs),
     /// Forward and tokenization throughput at several batch sizes, per backend.
     Bench(BenchArgs),
+    /// Serve the crossbatch.v1.CrossEncoder gRPC API (plus health and reflection).
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -124,6 +126,7 @@ fn main() -> ExitCode {
         } => stand_in(out, from, force),
         Command::Score(args) => score(args),
         Command::Bench(args) => run_bench(args),
+        Command::Serve(args) => run_serve(args),
     };
     match result {
         Ok(code) => code,
@@ -281,4 +284,41 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_serve(args: serve::ServeArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        serve::serve(args, listener, shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

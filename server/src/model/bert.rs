@@ -405,7 +405,9 @@ impl Bert {
         let a = layer
             .attn_norm
             .forward(layer.attn_out.forward(ctx) + residual);
-        let f = layer.ffn_out.forward(self.gelu(layer.ffn_in.forward(a.clone())));
+        let f = layer
+            .ffn_out
+            .forward(self.gelu(layer.ffn_in.forward(a.clone())));
         layer.ffn_norm.forward(f + a)
     }
 

@@ -1,0 +1,286 @@
+//! `crossbatch-server serve`: configuration, start-up (listen first, load and warm the
+//! model behind NOT_SERVING health), and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbatch_proto::v1::InfoResponse;
+use crossbatch_proto::v1::cross_encoder_server::CrossEncoderServer;
+use tokio::sync::OnceCell;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::backend::{self, BackendChoice};
+use crate::batcher::{BatchObserver, BatchPolicy, Batcher, BatcherConfig, BatcherThread};
+use crate::model::CrossEncoder;
+use crate::service::{Limits, Ready, ScoringService};
+use crate::source;
+
+/// Every flag can also be set through the environment variable shown in `--help`.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "serve")]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CROSSBATCH_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Model directory (HF layout), hub id, or `stand-in`; the default falls back to the
+    /// offline stand-in when the hub cannot be reached.
+    #[arg(long, env = "CROSSBATCH_MODEL", default_value = source::DEFAULT_MODEL_ID)]
+    pub model: String,
+    /// auto: wgpu on a hardware GPU, else CPU. wgpu: force wgpu. cpu: burn-flex.
+    #[arg(long, env = "CROSSBATCH_BACKEND", value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+    /// Pairs per forward pass at most.
+    #[arg(long, env = "CROSSBATCH_MAX_BATCH", default_value_t = 96)]
+    pub max_batch: usize,
+    /// deadline policy: how long a batch waits for more pairs after its oldest arrived.
+    #[arg(long, env = "CROSSBATCH_BATCH_TIMEOUT_MS", default_value_t = 20)]
+    pub batch_timeout_ms: u64,
+    /// Computed tokens per forward pass at most (padding included on padded layouts).
+    #[arg(long, env = "CROSSBATCH_MAX_BATCH_TOKENS", default_value_t = 16384)]
+    pub max_batch_tokens: usize,
+    /// deadline: wait up to the timeout for a full batch. eager: run whatever waits as
+    /// soon as the model is free.
+    #[arg(
+        long,
+        env = "CROSSBATCH_BATCH_POLICY",
+        value_enum,
+        default_value = "deadline"
+    )]
+    pub batch_policy: BatchPolicy,
+    /// Group waiting pairs of similar length into a batch (less padding).
+    #[arg(long, env = "CROSSBATCH_GROUP_BY_LENGTH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub group_by_length: bool,
+    /// Pairs that may wait; beyond it calls get RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "CROSSBATCH_MAX_QUEUE_PAIRS", default_value_t = 4096)]
+    pub max_queue_pairs: usize,
+    /// Pairs per Score/Rerank call at most (more: INVALID_ARGUMENT).
+    #[arg(long, env = "CROSSBATCH_MAX_CLIENT_BATCH", default_value_t = 1024)]
+    pub max_client_batch: usize,
+    /// Bytes per query or passage at most (more: INVALID_ARGUMENT).
+    #[arg(long, env = "CROSSBATCH_MAX_TEXT_BYTES", default_value_t = 65536)]
+    pub max_text_bytes: usize,
+    /// Tokenizer threads [default: half the cores, at least 1].
+    #[arg(long, env = "CROSSBATCH_TOKENIZER_WORKERS")]
+    pub tokenizer_workers: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Source(#[from] source::SourceError),
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error("gRPC server: {0}")]
+    Transport(String),
+}
+
+impl ServeArgs {
+    fn validate(&self) -> Result<(), StartError> {
+        let bad = |m: String| Err(StartError::Config(m));
+        if self.max_batch == 0 {
+            return bad("--max-batch must be at least 1".into());
+        }
+        if self.max_client_batch == 0 {
+            return bad("--max-client-batch must be at least 1".into());
+        }
+        if self.max_queue_pairs < self.max_client_batch {
+            return bad(format!(
+                "--max-queue-pairs ({}) must hold at least one full call (--max-client-batch {})",
+                self.max_queue_pairs, self.max_client_batch
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct NoObserver;
+impl BatchObserver for NoObserver {}
+
+/// Loads, checks and warms the model, then starts the batcher.
+fn load(args: &ServeArgs) -> Result<(Ready, BatcherThread), StartError> {
+    let src = source::resolve(&args.model)?;
+    let device = backend::select(args.backend)?;
+    let model = CrossEncoder::load(&src.dir, device)?;
+    let max_len = model.tokenizer().max_len();
+    let longest_cost = match model.layout() {
+        crate::model::Layout::Packed => max_len,
+        crate::model::Layout::Padded => {
+            crate::model::padded_len(max_len, model.config().max_position_embeddings)
+        }
+    };
+    if args.max_batch_tokens < longest_cost {
+        return Err(StartError::Config(format!(
+            "--max-batch-tokens ({}) must fit one pair of the longest input ({longest_cost} tokens)",
+            args.max_batch_tokens
+        )));
+    }
+    // Warm-up: allocations on the CPU, kernel compilation (and autotune) on wgpu.
+    let warm = model.encode("warm up the model", "a short passage to warm up the model")?;
+    model.forward(&[&warm, &warm])?;
+    let info = InfoResponse {
+        model_id: src.id.clone(),
+        stand_in: model.is_standin(),
+        backend: model.device().backend.to_string(),
+        device: model.device().name.clone(),
+        max_batch: args.max_batch as u32,
+        batch_timeout_ms: args.batch_timeout_ms as u32,
+        max_batch_tokens: args.max_batch_tokens as u32,
+        max_input_length: max_len as u32,
+        max_client_batch: args.max_client_batch as u32,
+        batch_policy: args.batch_policy.to_string(),
+        max_queue_pairs: args.max_queue_pairs as u32,
+        version: env!("CARGO_PKG_VERSION").into(),
+        queued_pairs: 0,
+        batches_run: 0,
+    };
+    tracing::info!(
+        model = %info.model_id,
+        stand_in = info.stand_in,
+        backend = %info.backend,
+        device = %info.device,
+        "model ready{}",
+        if info.stand_in { " (offline stand-in: scores are not relevance-trained)" } else { "" }
+    );
+    let model = Arc::new(model);
+    let cfg = BatcherConfig {
+        max_batch: args.max_batch,
+        timeout: Duration::from_millis(args.batch_timeout_ms),
+        max_batch_tokens: args.max_batch_tokens,
+        max_queue_pairs: args.max_queue_pairs,
+        policy: args.batch_policy,
+        group_by_length: args.group_by_length,
+    };
+    let (batcher, thread) = Batcher::start(Arc::clone(&model), cfg, Arc::new(NoObserver));
+    let workers = args.tokenizer_workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() / 2)
+            .unwrap_or(1)
+            .max(1)
+    });
+    let tokenizers = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers.max(1))
+        .thread_name(|i| format!("crossbatch-tokenize-{i}"))
+        .build()
+        .map_err(|e| StartError::Config(format!("tokenizer pool: {e}")))?;
+    Ok((
+        Ready {
+            model,
+            batcher,
+            tokenizers: Arc::new(tokenizers),
+            info,
+        },
+        thread,
+    ))
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains: stop accepting,
+/// finish what is queued, return.
+pub async fn serve(
+    args: ServeArgs,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    args.validate()?;
+    let ready: Arc<OnceCell<Ready>> = Arc::new(OnceCell::new());
+    let svc = ScoringService::new(
+        Arc::clone(&ready),
+        Limits {
+            max_client_batch: args.max_client_batch,
+            max_text_bytes: args.max_text_bytes,
+        },
+    );
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_not_serving::<CrossEncoderServer<ScoringService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crossbatch_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Transport(e.to_string()))?;
+    // Room for a full call of long texts.
+    let max_msg = (args.max_client_batch * 2 * args.max_text_bytes + 4096).min(256 << 20);
+    let api = CrossEncoderServer::new(svc).max_decoding_message_size(max_msg);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown_signal = {
+        let health = health.clone();
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop_rx.changed() => {}
+            }
+            tracing::info!("shutting down: no new calls; finishing queued work");
+            health
+                .set_not_serving::<CrossEncoderServer<ScoringService>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    };
+    let addr = listener.local_addr().ok();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_svc)
+        .add_service(reflection)
+        .add_service(api)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal);
+    tracing::info!(addr = ?addr, "listening (NOT_SERVING until the model is warm)");
+
+    let loader = {
+        let args = args.clone();
+        let ready = Arc::clone(&ready);
+        let health = health.clone();
+        tokio::spawn(async move {
+            let loaded = tokio::task::spawn_blocking(move || load(&args))
+                .await
+                .map_err(|e| StartError::Config(format!("model loader panicked: {e}")))??;
+            let (r, thread) = loaded;
+            let _ = ready.set(r);
+            health
+                .set_serving::<CrossEncoderServer<ScoringService>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+            tracing::info!("SERVING");
+            Ok::<BatcherThread, StartError>(thread)
+        })
+    };
+    let server = tokio::spawn(server);
+    let thread = match loader.await {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(e)) => {
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            return Err(e);
+        }
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            return Err(StartError::Config(format!("model loader failed: {e}")));
+        }
+    };
+    let result = server
+        .await
+        .map_err(|e| StartError::Transport(e.to_string()))
+        .and_then(|r| r.map_err(|e| StartError::Transport(e.to_string())));
+    if let Some(r) = ready.get() {
+        r.batcher.shutdown();
+    }
+    if let Some(t) = thread {
+        tokio::task::spawn_blocking(move || t.join()).await.ok();
+    }
+    tracing::info!("stopped");
+    result
+}

@@ -1,0 +1,238 @@
+//! The `crossbatch.v1.CrossEncoder` gRPC service: validation, tokenization on a worker
+//! pool, the batcher, and the response with TEI-style timing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbatch_proto::v1::cross_encoder_server::CrossEncoder as CrossEncoderApi;
+use crossbatch_proto::v1::{
+    InfoRequest, InfoResponse, Rank, RerankRequest, RerankResponse, ScoreRequest, ScoreResponse,
+    Timing,
+};
+use tokio::sync::{OnceCell, oneshot};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::batcher::{BatchError, Batcher, Outcome};
+use crate::error::ServeError;
+use crate::model::{CrossEncoder, Encoded};
+
+/// Limits a call is checked against before it is tokenized.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_client_batch: usize,
+    /// Bytes per query or passage.
+    pub max_text_bytes: usize,
+}
+
+/// What serves once the model is loaded and warmed up.
+pub struct Ready {
+    pub model: Arc<CrossEncoder>,
+    pub batcher: Batcher,
+    pub tokenizers: Arc<rayon::ThreadPool>,
+    pub info: InfoResponse,
+}
+
+#[derive(Clone)]
+pub struct ScoringService {
+    ready: Arc<OnceCell<Ready>>,
+    limits: Limits,
+}
+
+impl ScoringService {
+    pub fn new(ready: Arc<OnceCell<Ready>>, limits: Limits) -> Self {
+        Self { ready, limits }
+    }
+
+    fn ready(&self) -> Result<&Ready, ServeError> {
+        self.ready.get().ok_or(ServeError::NotReady)
+    }
+
+    fn check_count(&self, n: usize, what: &str) -> Result<(), ServeError> {
+        if n == 0 {
+            return Err(ServeError::InvalidArgument(format!("{what} is empty")));
+        }
+        if n > self.limits.max_client_batch {
+            return Err(ServeError::InvalidArgument(format!(
+                "{n} {what} exceed the limit of {} per call (--max-client-batch)",
+                self.limits.max_client_batch
+            )));
+        }
+        Ok(())
+    }
+
+    /// Empty and whitespace-only texts are allowed: they tokenize to nothing and the
+    /// pair scores as `[CLS] [SEP] [SEP]` around what remains, exactly as
+    /// sentence-transformers' CrossEncoder scores them (the parity file has such rows).
+    fn check_text(&self, text: &str, field: &str) -> Result<(), ServeError> {
+        if text.len() > self.limits.max_text_bytes {
+            return Err(ServeError::InvalidArgument(format!(
+                "{field} is {} bytes, over the limit of {} (--max-text-bytes)",
+                text.len(),
+                self.limits.max_text_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Tokenizes, queues and waits for the logits of `pairs`.
+    async fn run(
+        &self,
+        pairs: Vec<(String, String)>,
+        deadline: Option<Instant>,
+    ) -> Result<(Outcome, Duration), ServeError> {
+        let ready = self.ready()?;
+        let started = Instant::now();
+        let model = Arc::clone(&ready.model);
+        let (tx, rx) = oneshot::channel();
+        let tok_span = tracing::info_span!("tokenize", pairs = pairs.len());
+        ready.tokenizers.spawn(move || {
+            let _g = tok_span.enter();
+            let t = Instant::now();
+            let r: Result<Vec<Encoded>, _> =
+                pairs.iter().map(|(q, p)| model.encode(q, p)).collect();
+            let _ = tx.send((r, t.elapsed()));
+        });
+        let (encoded, tok_time) = rx
+            .await
+            .map_err(|_| ServeError::Internal("tokenizer worker vanished".into()))?;
+        let encoded = encoded.map_err(|e| ServeError::Tokenize(e.to_string()))?;
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(BatchError::DeadlineExceeded {
+                waited_ms: started.elapsed().as_millis() as u64,
+            }
+            .into());
+        }
+        let queue_span = tracing::info_span!("queue_wait");
+        let rx = ready.batcher.submit(encoded, deadline, None)?;
+        let outcome = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d.into(), rx).await.map_err(|_| {
+                    BatchError::DeadlineExceeded {
+                        waited_ms: started.elapsed().as_millis() as u64,
+                    }
+                })?,
+                None => rx.await,
+            }
+            .map_err(|_| ServeError::Internal("the model thread dropped the call".into()))?
+            .map_err(ServeError::from)
+        };
+        let outcome = tracing::Instrument::instrument(outcome, queue_span).await?;
+        Ok((outcome, tok_time))
+    }
+}
+
+fn timing(o: &Outcome, tokenization: Duration, total: Duration) -> Timing {
+    Timing {
+        tokenization_ns: tokenization.as_nanos() as u64,
+        queue_ns: o.queue.as_nanos() as u64,
+        inference_ns: o.inference.as_nanos() as u64,
+        total_ns: total.as_nanos() as u64,
+        real_tokens: o.real_tokens,
+        padded_tokens: o.padded_tokens,
+        batches: o.batches,
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The call's deadline from its `grpc-timeout` header, a little early: tonic's own
+/// timers (server and client side) end an expired call as CANCELLED, so the server
+/// answers DEADLINE_EXCEEDED just before they fire.
+pub fn deadline(md: &MetadataMap, now: Instant) -> Option<Instant> {
+    let v = md.get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    let margin = (d / 10).min(Duration::from_millis(20));
+    now.checked_add(d - margin)
+}
+
+#[tonic::async_trait]
+impl CrossEncoderApi for ScoringService {
+    async fn score(
+        &self,
+        request: Request<ScoreRequest>,
+    ) -> Result<Response<ScoreResponse>, Status> {
+        let start = Instant::now();
+        let deadline = deadline(request.metadata(), start);
+        let req = request.into_inner();
+        self.check_count(req.pairs.len(), "pairs")?;
+        for (i, p) in req.pairs.iter().enumerate() {
+            self.check_text(&p.query, &format!("pairs[{i}].query"))?;
+            self.check_text(&p.passage, &format!("pairs[{i}].passage"))?;
+        }
+        let pairs = req
+            .pairs
+            .into_iter()
+            .map(|p| (p.query, p.passage))
+            .collect();
+        let (outcome, tok) = self.run(pairs, deadline).await?;
+        let scores = outcome
+            .logits
+            .iter()
+            .map(|&l| if req.raw_scores { l } else { sigmoid(l) })
+            .collect();
+        Ok(Response::new(ScoreResponse {
+            scores,
+            timing: Some(timing(&outcome, tok, start.elapsed())),
+        }))
+    }
+
+    async fn rerank(
+        &self,
+        request: Request<RerankRequest>,
+    ) -> Result<Response<RerankResponse>, Status> {
+        let start = Instant::now();
+        let deadline = deadline(request.metadata(), start);
+        let req = request.into_inner();
+        self.check_count(req.passages.len(), "passages")?;
+        self.check_text(&req.query, "query")?;
+        for (i, p) in req.passages.iter().enumerate() {
+            self.check_text(p, &format!("passages[{i}]"))?;
+        }
+        let pairs = req
+            .passages
+            .iter()
+            .map(|p| (req.query.clone(), p.clone()))
+            .collect();
+        let (outcome, tok) = self.run(pairs, deadline).await?;
+        let mut ranks: Vec<Rank> = outcome
+            .logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| Rank {
+                index: i as u32,
+                score: if req.raw_scores { l } else { sigmoid(l) },
+                text: req.return_text.then(|| req.passages[i].clone()),
+            })
+            .collect();
+        // Stable: ties keep request order.
+        ranks.sort_by(|a, b| b.score.total_cmp(&a.score));
+        if let Some(n) = req.top_n {
+            ranks.truncate(n as usize);
+        }
+        Ok(Response::new(RerankResponse {
+            ranks,
+            timing: Some(timing(&outcome, tok, start.elapsed())),
+        }))
+    }
+
+    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let ready = self.ready()?;
+        let mut info = ready.info.clone();
+        info.queued_pairs = ready.batcher.queued_pairs() as u32;
+        info.batches_run = ready.batcher.batches_run();
+        Ok(Response::new(info))
+    }
+}

@@ -1,0 +1,429 @@
+//! The gRPC server over loopback: the stand-in on the CPU backend, real calls.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use crossbatch_proto::v1::cross_encoder_client::CrossEncoderClient;
+use crossbatch_proto::v1::{InfoRequest, Pair, RerankRequest, ScoreRequest};
+use crossbatch_server::serve::{ServeArgs, serve};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+struct Server {
+    addr: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), crossbatch_server::serve::StartError>>,
+}
+
+impl Server {
+    async fn start(extra: &[&str]) -> Server {
+        let dir = common::standin_dir();
+        let mut argv = vec![
+            "serve".to_string(),
+            "--model".into(),
+            dir.to_string_lossy().into_owned(),
+            "--backend".into(),
+            "cpu".into(),
+            "--tokenizer-workers".into(),
+            "1".into(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let args = ServeArgs::try_parse_from(argv).expect("valid args");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(serve(args, listener, async move {
+            let _ = rx.await;
+        }));
+        let server = Server {
+            addr,
+            stop: Some(tx),
+            task,
+        };
+        server.wait_serving().await;
+        server
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.addr.clone())
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    async fn client(&self) -> CrossEncoderClient<Channel> {
+        CrossEncoderClient::new(self.channel().await)
+    }
+
+    async fn wait_serving(&self) {
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(ch) = Channel::from_shared(self.addr.clone())
+                .expect("uri")
+                .connect()
+                .await
+            {
+                let mut h = HealthClient::new(ch);
+                let r = h
+                    .check(HealthCheckRequest {
+                        service: "crossbatch.v1.CrossEncoder".into(),
+                    })
+                    .await;
+                if let Ok(r) = r
+                    && r.into_inner().status == ServingStatus::Serving as i32
+                {
+                    return;
+                }
+            }
+            assert!(Instant::now() < until, "server never became SERVING");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let r = tokio::time::timeout(Duration::from_secs(60), &mut self.task)
+            .await
+            .expect("server stops within 60 s")
+            .expect("server task");
+        r.expect("server exits cleanly");
+    }
+}
+
+fn pair(q: &str, p: &str) -> Pair {
+    Pair {
+        query: q.into(),
+        passage: p.into(),
+    }
+}
+
+fn raw(pairs: Vec<Pair>) -> ScoreRequest {
+    ScoreRequest {
+        pairs,
+        raw_scores: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_scores_equal_offline_scores_for_the_parity_file() {
+    let server = Server::start(&["--batch-timeout-ms", "5"]).await;
+    let mut c = server.client().await;
+    let rows = common::parity_rows();
+    let pairs: Vec<Pair> = rows.iter().map(|r| pair(&r.query, &r.passage)).collect();
+    // Offline, one pair per forward: what `crossbatch-server score --batch 1` writes.
+    let offline = {
+        let dev =
+            crossbatch_server::backend::select(crossbatch_server::backend::BackendChoice::Cpu)
+                .expect("cpu");
+        let m = crossbatch_server::model::CrossEncoder::load(&common::standin_dir(), dev)
+            .expect("loads");
+        let p: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| (r.query.clone(), r.passage.clone()))
+            .collect();
+        m.score_pairs(&p, 1).expect("scores")
+    };
+    let resp = c.score(raw(pairs)).await.expect("score").into_inner();
+    assert_eq!(resp.scores.len(), 64);
+    for (i, ((g, o), r)) in resp.scores.iter().zip(&offline).zip(&rows).enumerate() {
+        assert!((g - o).abs() <= 1e-6, "row {i}: grpc {g} vs offline {o}");
+        assert!(
+            (*g as f64 - r.logit_f64).abs() <= 1e-5,
+            "row {i} vs reference"
+        );
+    }
+    let t = resp.timing.expect("timing");
+    let real: usize = rows.iter().map(|r| r.seq_len).sum();
+    assert_eq!(t.real_tokens as usize, real);
+    assert!(t.batches >= 1 && t.inference_ns > 0 && t.total_ns >= t.inference_ns);
+
+    // Sigmoid unless raw_scores.
+    let one = c
+        .score(ScoreRequest {
+            pairs: vec![pair(&rows[0].query, &rows[0].passage)],
+            raw_scores: false,
+        })
+        .await
+        .expect("score")
+        .into_inner()
+        .scores[0];
+    let want = 1.0 / (1.0 + (-offline[0]).exp());
+    assert!((one - want).abs() <= 1e-6, "{one} vs sigmoid {want}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_scores_the_same_alone_and_in_a_batch_of_96() {
+    let server = Server::start(&["--batch-timeout-ms", "5"]).await;
+    let mut c = server.client().await;
+    let rows = common::parity_rows();
+    let target = pair(&rows[0].query, &rows[0].passage);
+    let alone = c
+        .score(raw(vec![target.clone()]))
+        .await
+        .expect("alone")
+        .into_inner();
+    let mut many: Vec<Pair> = rows
+        .iter()
+        .cycle()
+        .skip(1)
+        .take(95)
+        .map(|r| pair(&r.query, &r.passage))
+        .collect();
+    many.insert(40, target);
+    let batch = c.score(raw(many)).await.expect("batch").into_inner();
+    assert_eq!(batch.scores.len(), 96);
+    let t = batch.timing.expect("timing");
+    assert_eq!(t.batches, 1, "96 pairs fit one batch");
+    assert!(
+        (alone.scores[0] - batch.scores[40]).abs() <= 1e-6,
+        "{} vs {}",
+        alone.scores[0],
+        batch.scores[40]
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_request_waits_for_the_timeout_under_deadline_but_not_eager() {
+    let server = Server::start(&["--batch-timeout-ms", "400"]).await;
+    let mut c = server.client().await;
+    let t = Instant::now();
+    let r = c
+        .score(raw(vec![pair("q", "p")]))
+        .await
+        .expect("score")
+        .into_inner();
+    let took = t.elapsed();
+    let timing = r.timing.expect("timing");
+    assert!(
+        took >= Duration::from_millis(400),
+        "answered after {took:?}"
+    );
+    assert!(
+        timing.queue_ns >= 400_000_000,
+        "queued {} ns",
+        timing.queue_ns
+    );
+    server.stop().await;
+
+    let server = Server::start(&["--batch-timeout-ms", "400", "--batch-policy", "eager"]).await;
+    let mut c = server.client().await;
+    let r = c
+        .score(raw(vec![pair("q", "p")]))
+        .await
+        .expect("score")
+        .into_inner();
+    let timing = r.timing.expect("timing");
+    assert!(
+        timing.queue_ns < 200_000_000,
+        "eager queued {} ns",
+        timing.queue_ns
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_at_once_and_the_server_recovers() {
+    let server = Server::start(&[
+        "--batch-timeout-ms",
+        "1500",
+        "--max-queue-pairs",
+        "8",
+        "--max-client-batch",
+        "8",
+    ])
+    .await;
+    let mut c = server.client().await;
+    let mut c2 = c.clone();
+    let eight: Vec<Pair> = (0..8)
+        .map(|i| pair("query", &format!("passage {i}")))
+        .collect();
+    let first = tokio::spawn(async move { c2.score(raw(eight)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let err = c
+        .score(raw(vec![pair("one", "more")]))
+        .await
+        .expect_err("queue is full");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("queue full"), "{}", err.message());
+    assert!(t.elapsed() < Duration::from_millis(500), "refused at once");
+    let ok = first.await.expect("task").expect("first call succeeds");
+    assert_eq!(ok.into_inner().scores.len(), 8);
+    let after = c
+        .score(raw(vec![pair("one", "more")]))
+        .await
+        .expect("recovered");
+    assert_eq!(after.into_inner().scores.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_deadlines_and_cancelled_calls_leave_the_queue_before_inference() {
+    let server = Server::start(&["--batch-timeout-ms", "1500"]).await;
+    let mut c = server.client().await;
+    let before = c
+        .info(InfoRequest {})
+        .await
+        .expect("info")
+        .into_inner()
+        .batches_run;
+
+    // Deadline 200 ms, batch timeout 1.5 s: answered DEADLINE_EXCEEDED near 200 ms.
+    let mut req = Request::new(raw(vec![pair("late", "call")]));
+    req.set_timeout(Duration::from_millis(200));
+    let t = Instant::now();
+    let err = c.score(req).await.expect_err("deadline");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(
+        t.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // A cancelled call: the client gives up after 100 ms.
+    let mut c2 = c.clone();
+    let call = tokio::spawn(async move { c2.score(raw(vec![pair("cancel", "me")])).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    call.abort();
+
+    // Past the batch timeout both are gone and no forward pass ran for them.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let info = c.info(InfoRequest {}).await.expect("info").into_inner();
+    assert_eq!(info.queued_pairs, 0, "queue drained");
+    assert_eq!(info.batches_run, before, "no inference for dropped calls");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_inputs_get_invalid_argument_and_empty_passages_a_score() {
+    let server = Server::start(&[
+        "--batch-timeout-ms",
+        "5",
+        "--max-client-batch",
+        "4",
+        "--max-text-bytes",
+        "1000",
+    ])
+    .await;
+    let mut c = server.client().await;
+    let cases: Vec<(ScoreRequest, &str)> = vec![
+        (raw(vec![]), "pairs is empty"),
+        (
+            raw((0..5).map(|_| pair("q", "p")).collect()),
+            "--max-client-batch",
+        ),
+        (raw(vec![pair("q", &"x".repeat(1001))]), "--max-text-bytes"),
+    ];
+    for (req, want) in cases {
+        let err = c.score(req).await.expect_err("invalid");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        assert!(
+            err.message().contains(want),
+            "{:?} lacks {want:?}",
+            err.message()
+        );
+    }
+    // Empty and whitespace texts have a defined score: whitespace tokenizes to nothing,
+    // so it scores exactly like the empty text ([CLS] q [SEP] [SEP], [CLS] [SEP] [SEP]).
+    let r = c
+        .score(raw(vec![
+            pair("query", ""),
+            pair("query", "   "),
+            pair("", ""),
+            pair(" \t\n", "\u{3000}"),
+        ]))
+        .await
+        .expect("empty texts score")
+        .into_inner();
+    assert_eq!(r.scores.len(), 4);
+    assert!(r.scores.iter().all(|s| s.is_finite()));
+    assert_eq!(r.scores[0], r.scores[1]);
+    assert_eq!(r.scores[2], r.scores[3]);
+    assert_ne!(r.scores[0], r.scores[2]);
+
+    let err = c
+        .rerank(RerankRequest {
+            query: "q".into(),
+            passages: vec![],
+            ..Default::default()
+        })
+        .await
+        .expect_err("no passages");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_sorts_best_first_with_top_n_and_text() {
+    let server = Server::start(&["--batch-timeout-ms", "5"]).await;
+    let mut c = server.client().await;
+    let rows = common::parity_rows();
+    let query = rows[0].query.clone();
+    let passages: Vec<String> = rows[..6].iter().map(|r| r.passage.clone()).collect();
+    let scores = c
+        .score(raw(passages.iter().map(|p| pair(&query, p)).collect()))
+        .await
+        .expect("score")
+        .into_inner()
+        .scores;
+    let r = c
+        .rerank(RerankRequest {
+            query,
+            passages: passages.clone(),
+            top_n: Some(3),
+            return_text: true,
+            raw_scores: true,
+        })
+        .await
+        .expect("rerank")
+        .into_inner();
+    assert_eq!(r.ranks.len(), 3);
+    let mut want: Vec<usize> = (0..6).collect();
+    want.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    for (rank, &i) in r.ranks.iter().zip(&want) {
+        assert_eq!(rank.index as usize, i);
+        assert_eq!(rank.score, scores[i]);
+        assert_eq!(rank.text.as_deref(), Some(passages[i].as_str()));
+    }
+    let info = c.info(InfoRequest {}).await.expect("info").into_inner();
+    assert!(info.stand_in, "the stand-in is named as such");
+    assert_eq!(info.backend, "cpu");
+    assert_eq!(info.max_batch, 96);
+    assert_eq!(info.max_input_length, 512);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_queued_work_then_exits_cleanly() {
+    let server = Server::start(&["--batch-timeout-ms", "600"]).await;
+    let mut c = server.client().await;
+    let call = tokio::spawn(async move { c.score(raw(vec![pair("finish", "me")])).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let addr = server.addr.clone();
+    server.stop().await;
+    let r = call
+        .await
+        .expect("task")
+        .expect("queued call answered during shutdown");
+    assert_eq!(r.into_inner().scores.len(), 1);
+    // Nothing listens any more.
+    assert!(
+        Channel::from_shared(addr)
+            .expect("uri")
+            .connect()
+            .await
+            .is_err()
+    );
+}
