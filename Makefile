@@ -6,6 +6,10 @@ SERVER = $(CARGO) run --quiet --release -p crossbatch-server --
 REPORTS ?= reports
 # Timed passes per batch size in the offline bench.
 REPEAT ?= 3
+# The wgpu test runs on the software Vulkan driver in CI, where full kernel autotune
+# of every shape would take most of the CI budget.
+CUBECL_AUTOTUNE_LEVEL ?= minimal
+export CUBECL_AUTOTUNE_LEVEL
 
 .PHONY: all build test bench bench-offline standin deps fmt clippy
 
