@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crossbatch_server::backend::{self, BackendChoice};
 use crossbatch_server::model::{CrossEncoder, Encoded};
-use crossbatch_server::{bench, pairs, serve, source, standin};
+use crossbatch_server::{bench, pairs, serve, source, standin, telemetry};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -112,14 +112,10 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,wgpu_core=warn,wgpu_hal=error,cubecl=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        telemetry::init_logs();
+    }
     let result = match cli.command {
         Command::Model {
             command: ModelCommand::StandIn { out, from, force },
@@ -292,6 +288,11 @@ fn run_serve(args: serve::ServeArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
+        let _telemetry = telemetry::init(
+            "crossbatch-server",
+            args.otlp_endpoint.as_deref(),
+            std::time::Duration::from_millis(args.sample_interval_ms),
+        )?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;

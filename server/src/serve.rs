@@ -61,6 +61,13 @@ pub struct ServeArgs {
     /// Bytes per query or passage at most (more: INVALID_ARGUMENT).
     #[arg(long, env = "CROSSBATCH_MAX_TEXT_BYTES", default_value_t = 65536)]
     pub max_text_bytes: usize,
+    /// OTLP/gRPC endpoint for spans and metrics, e.g. http://127.0.0.1:4317 (no export
+    /// when unset).
+    #[arg(long, env = "CROSSBATCH_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Resource sampling (CPU, memory) and telemetry export interval.
+    #[arg(long, env = "CROSSBATCH_SAMPLE_INTERVAL_MS", default_value_t = 500)]
+    pub sample_interval_ms: u64,
     /// Tokenizer threads [default: half the cores, at least 1].
     #[arg(long, env = "CROSSBATCH_TOKENIZER_WORKERS")]
     pub tokenizer_workers: Option<usize>,
@@ -237,6 +244,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal);
     tracing::info!(addr = ?addr, "listening (NOT_SERVING until the model is warm)");
 
+    let args_sample_ms = args.sample_interval_ms;
     let loader = {
         let args = args.clone();
         let ready = Arc::clone(&ready);
@@ -246,6 +254,10 @@ pub async fn serve(
                 .await
                 .map_err(|e| StartError::Config(format!("model loader panicked: {e}")))??;
             let (r, thread) = loaded;
+            let sampler = crate::resources::spawn_sampler(
+                Arc::new(r.model.device().clone()),
+                Duration::from_millis(args_sample_ms),
+            );
             let _ = ready.set(r);
             health
                 .set_serving::<CrossEncoderServer<ScoringService>>()
@@ -254,12 +266,12 @@ pub async fn serve(
                 .set_service_status("", tonic_health::ServingStatus::Serving)
                 .await;
             tracing::info!("SERVING");
-            Ok::<BatcherThread, StartError>(thread)
+            Ok::<_, StartError>((thread, sampler))
         })
     };
     let server = tokio::spawn(server);
-    let thread = match loader.await {
-        Ok(Ok(t)) => Some(t),
+    let (thread, sampler) = match loader.await {
+        Ok(Ok((t, s))) => (Some(t), Some(s)),
         Ok(Err(e)) => {
             let _ = stop_tx.send(true);
             let _ = server.await;
@@ -280,6 +292,9 @@ pub async fn serve(
     }
     if let Some(t) = thread {
         tokio::task::spawn_blocking(move || t.join()).await.ok();
+    }
+    if let Some(s) = sampler {
+        s.abort();
     }
     tracing::info!("stopped");
     result

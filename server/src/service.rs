@@ -13,7 +13,10 @@ use tokio::sync::{OnceCell, oneshot};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::batcher::{BatchError, Batcher, Outcome};
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::batcher::{BatchError, BatchInfo, Batcher, Outcome, RequestHooks};
 use crate::error::ServeError;
 use crate::model::{CrossEncoder, Encoded};
 
@@ -103,8 +106,12 @@ impl ScoringService {
             }
             .into());
         }
-        let queue_span = tracing::info_span!("queue_wait");
-        let rx = ready.batcher.submit(encoded, deadline, None)?;
+        let hooks = Arc::new(SpanHooks {
+            rpc: Span::current(),
+            queue_wait: std::sync::Mutex::new(Some(tracing::info_span!("queue_wait"))),
+            inference: std::sync::Mutex::new(None),
+        });
+        let rx = ready.batcher.submit(encoded, deadline, Some(hooks))?;
         let outcome = async {
             match deadline {
                 Some(d) => tokio::time::timeout_at(d.into(), rx).await.map_err(|_| {
@@ -117,8 +124,103 @@ impl ScoringService {
             .map_err(|_| ServeError::Internal("the model thread dropped the call".into()))?
             .map_err(ServeError::from)
         };
-        let outcome = tracing::Instrument::instrument(outcome, queue_span).await?;
+        let outcome = outcome.await?;
         Ok((outcome, tok_time))
+    }
+}
+
+/// Ends `queue_wait` when the request's first batch starts and opens an `inference`
+/// span (child of the RPC span) around each batch that holds its pairs.
+struct SpanHooks {
+    rpc: Span,
+    queue_wait: std::sync::Mutex<Option<Span>>,
+    inference: std::sync::Mutex<Option<Span>>,
+}
+
+impl RequestHooks for SpanHooks {
+    fn batch_started(&self, b: &BatchInfo) {
+        let lock =
+            |m: &std::sync::Mutex<Option<Span>>| m.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(lock(&self.queue_wait));
+        let span = tracing::info_span!(
+            parent: &self.rpc,
+            "inference",
+            batch.id = b.id as i64,
+            batch.pairs = b.pairs as i64,
+            batch.tokens = b.real_tokens as i64,
+            batch.padded_tokens = b.padded_tokens as i64,
+            batch.padding_waste = b.padding_waste(),
+        );
+        *self.inference.lock().unwrap_or_else(|p| p.into_inner()) = Some(span);
+    }
+
+    fn batch_finished(&self, _b: &BatchInfo) {
+        drop(
+            self.inference
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+    }
+}
+
+/// The server span of one call, a child of the caller's span when `traceparent` came
+/// along. Both RPC semantic-convention generations are written: `rpc.system`,
+/// `rpc.service`, `rpc.method` (short) and `rpc.grpc.status_code` (pre-1.39), and
+/// `rpc.system.name`, `rpc.response.status_code` with the span named
+/// `crossbatch.v1.CrossEncoder/<Method>` (1.39).
+fn rpc_span(method: &'static str, md: &MetadataMap) -> Span {
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = format!("crossbatch.v1.CrossEncoder/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.system.name = "grpc",
+        rpc.service = "crossbatch.v1.CrossEncoder",
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        rpc.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+        pairs = tracing::field::Empty,
+    );
+    let _ = span.set_parent(crate::telemetry::remote_context(md));
+    span
+}
+
+fn record_status<T>(span: &Span, result: &Result<T, Status>) {
+    let code = match result {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    };
+    span.record("rpc.grpc.status_code", code as i64);
+    span.record("rpc.response.status_code", code_name(code));
+    if let Err(s) = result {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_message", s.message());
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -164,6 +266,38 @@ impl CrossEncoderApi for ScoringService {
         &self,
         request: Request<ScoreRequest>,
     ) -> Result<Response<ScoreResponse>, Status> {
+        let span = rpc_span("Score", request.metadata());
+        span.record("pairs", request.get_ref().pairs.len() as i64);
+        let result = self.score_call(request).instrument(span.clone()).await;
+        record_status(&span, &result);
+        result
+    }
+
+    async fn rerank(
+        &self,
+        request: Request<RerankRequest>,
+    ) -> Result<Response<RerankResponse>, Status> {
+        let span = rpc_span("Rerank", request.metadata());
+        span.record("pairs", request.get_ref().passages.len() as i64);
+        let result = self.rerank_call(request).instrument(span.clone()).await;
+        record_status(&span, &result);
+        result
+    }
+
+    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let ready = self.ready()?;
+        let mut info = ready.info.clone();
+        info.queued_pairs = ready.batcher.queued_pairs() as u32;
+        info.batches_run = ready.batcher.batches_run();
+        Ok(Response::new(info))
+    }
+}
+
+impl ScoringService {
+    async fn score_call(
+        &self,
+        request: Request<ScoreRequest>,
+    ) -> Result<Response<ScoreResponse>, Status> {
         let start = Instant::now();
         let deadline = deadline(request.metadata(), start);
         let req = request.into_inner();
@@ -189,7 +323,7 @@ impl CrossEncoderApi for ScoringService {
         }))
     }
 
-    async fn rerank(
+    async fn rerank_call(
         &self,
         request: Request<RerankRequest>,
     ) -> Result<Response<RerankResponse>, Status> {
@@ -226,13 +360,5 @@ impl CrossEncoderApi for ScoringService {
             ranks,
             timing: Some(timing(&outcome, tok, start.elapsed())),
         }))
-    }
-
-    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
-        let ready = self.ready()?;
-        let mut info = ready.info.clone();
-        info.queued_pairs = ready.batcher.queued_pairs() as u32;
-        info.batches_run = ready.batcher.batches_run();
-        Ok(Response::new(info))
     }
 }
