@@ -6,6 +6,7 @@ pub mod backend;
 pub mod batcher;
 pub mod bench;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod pairs;
 pub mod pyjson;

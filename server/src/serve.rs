@@ -12,7 +12,8 @@ use tokio::sync::OnceCell;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::backend::{self, BackendChoice};
-use crate::batcher::{BatchObserver, BatchPolicy, Batcher, BatcherConfig, BatcherThread};
+use crate::batcher::{BatchPolicy, Batcher, BatcherConfig, BatcherThread};
+use crate::metrics::Metrics;
 use crate::model::CrossEncoder;
 use crate::service::{Limits, Ready, ScoringService};
 use crate::source;
@@ -68,6 +69,9 @@ pub struct ServeArgs {
     /// Resource sampling (CPU, memory) and telemetry export interval.
     #[arg(long, env = "CROSSBATCH_SAMPLE_INTERVAL_MS", default_value_t = 500)]
     pub sample_interval_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
+    #[arg(long, env = "CROSSBATCH_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Tokenizer threads [default: half the cores, at least 1].
     #[arg(long, env = "CROSSBATCH_TOKENIZER_WORKERS")]
     pub tokenizer_workers: Option<usize>,
@@ -106,11 +110,8 @@ impl ServeArgs {
     }
 }
 
-struct NoObserver;
-impl BatchObserver for NoObserver {}
-
 /// Loads, checks and warms the model, then starts the batcher.
-fn load(args: &ServeArgs) -> Result<(Ready, BatcherThread), StartError> {
+fn load(args: &ServeArgs, metrics: Arc<Metrics>) -> Result<(Ready, BatcherThread), StartError> {
     let src = source::resolve(&args.model)?;
     let device = backend::select(args.backend)?;
     let model = CrossEncoder::load(&src.dir, device)?;
@@ -163,7 +164,7 @@ fn load(args: &ServeArgs) -> Result<(Ready, BatcherThread), StartError> {
         policy: args.batch_policy,
         group_by_length: args.group_by_length,
     };
-    let (batcher, thread) = Batcher::start(Arc::clone(&model), cfg, Arc::new(NoObserver));
+    let (batcher, thread) = Batcher::start(Arc::clone(&model), cfg, metrics);
     let workers = args.tokenizer_workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get() / 2)
@@ -195,13 +196,36 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     args.validate()?;
     let ready: Arc<OnceCell<Ready>> = Arc::new(OnceCell::new());
+    let metrics = Arc::new(Metrics::default());
     let svc = ScoringService::new(
         Arc::clone(&ready),
         Limits {
             max_client_batch: args.max_client_batch,
             max_text_bytes: args.max_text_bytes,
         },
+        Arc::clone(&metrics),
     );
+    let metrics_task = match args.metrics_addr {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Config(format!("--metrics-addr {addr}: {e}")))?;
+            tracing::info!(%addr, "Prometheus metrics at /metrics");
+            let ready = Arc::clone(&ready);
+            let m = Arc::clone(&metrics);
+            let refresh = Arc::new(move || {
+                if let Some(r) = ready.get() {
+                    m.set_queue_depth(r.batcher.queued_pairs());
+                }
+            });
+            Some(tokio::spawn(crate::metrics::serve_http(
+                l,
+                Arc::clone(&metrics),
+                refresh,
+            )))
+        }
+        None => None,
+    };
     let (health, health_svc) = tonic_health::server::health_reporter();
     health
         .set_not_serving::<CrossEncoderServer<ScoringService>>()
@@ -250,7 +274,7 @@ pub async fn serve(
         let ready = Arc::clone(&ready);
         let health = health.clone();
         tokio::spawn(async move {
-            let loaded = tokio::task::spawn_blocking(move || load(&args))
+            let loaded = tokio::task::spawn_blocking(move || load(&args, metrics))
                 .await
                 .map_err(|e| StartError::Config(format!("model loader panicked: {e}")))??;
             let (r, thread) = loaded;
@@ -295,6 +319,9 @@ pub async fn serve(
     }
     if let Some(s) = sampler {
         s.abort();
+    }
+    if let Some(m) = metrics_task {
+        m.abort();
     }
     tracing::info!("stopped");
     result

@@ -18,6 +18,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::batcher::{BatchError, BatchInfo, Batcher, Outcome, RequestHooks};
 use crate::error::ServeError;
+use crate::metrics::Metrics;
 use crate::model::{CrossEncoder, Encoded};
 
 /// Limits a call is checked against before it is tokenized.
@@ -40,11 +41,16 @@ pub struct Ready {
 pub struct ScoringService {
     ready: Arc<OnceCell<Ready>>,
     limits: Limits,
+    metrics: Arc<Metrics>,
 }
 
 impl ScoringService {
-    pub fn new(ready: Arc<OnceCell<Ready>>, limits: Limits) -> Self {
-        Self { ready, limits }
+    pub fn new(ready: Arc<OnceCell<Ready>>, limits: Limits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            ready,
+            limits,
+            metrics,
+        }
     }
 
     fn ready(&self) -> Result<&Ready, ServeError> {
@@ -99,6 +105,9 @@ impl ScoringService {
         let (encoded, tok_time) = rx
             .await
             .map_err(|_| ServeError::Internal("tokenizer worker vanished".into()))?;
+        self.metrics
+            .tokenize_seconds
+            .observe(tok_time.as_secs_f64());
         let encoded = encoded.map_err(|e| ServeError::Tokenize(e.to_string()))?;
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(BatchError::DeadlineExceeded {
@@ -125,6 +134,9 @@ impl ScoringService {
             .map_err(ServeError::from)
         };
         let outcome = outcome.await?;
+        self.metrics
+            .queue_seconds
+            .observe(outcome.queue.as_secs_f64());
         Ok((outcome, tok_time))
     }
 }
@@ -188,11 +200,15 @@ fn rpc_span(method: &'static str, md: &MetadataMap) -> Span {
     span
 }
 
-fn record_status<T>(span: &Span, result: &Result<T, Status>) {
-    let code = match result {
+fn code_of<T>(result: &Result<T, Status>) -> tonic::Code {
+    match result {
         Ok(_) => tonic::Code::Ok,
         Err(s) => s.code(),
-    };
+    }
+}
+
+fn record_status<T>(span: &Span, result: &Result<T, Status>) {
+    let code = code_of(result);
     span.record("rpc.grpc.status_code", code as i64);
     span.record("rpc.response.status_code", code_name(code));
     if let Err(s) = result {
@@ -268,8 +284,10 @@ impl CrossEncoderApi for ScoringService {
     ) -> Result<Response<ScoreResponse>, Status> {
         let span = rpc_span("Score", request.metadata());
         span.record("pairs", request.get_ref().pairs.len() as i64);
+        let t = Instant::now();
         let result = self.score_call(request).instrument(span.clone()).await;
         record_status(&span, &result);
+        self.metrics.request_done(code_of(&result), t.elapsed());
         result
     }
 
@@ -279,8 +297,10 @@ impl CrossEncoderApi for ScoringService {
     ) -> Result<Response<RerankResponse>, Status> {
         let span = rpc_span("Rerank", request.metadata());
         span.record("pairs", request.get_ref().passages.len() as i64);
+        let t = Instant::now();
         let result = self.rerank_call(request).instrument(span.clone()).await;
         record_status(&span, &result);
+        self.metrics.request_done(code_of(&result), t.elapsed());
         result
     }
 

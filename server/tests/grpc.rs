@@ -427,3 +427,49 @@ async fn shutdown_finishes_queued_work_then_exits_cleanly() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_count_outcomes_batches_and_queue() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let server = Server::start(&["--batch-timeout-ms", "5", "--metrics-addr", &metrics_addr]).await;
+    let mut c = server.client().await;
+    c.score(raw(vec![pair("q", "p"), pair("q2", "p2")]))
+        .await
+        .expect("ok call");
+    c.score(raw(vec![])).await.expect_err("invalid call");
+    let body = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&metrics_addr)
+            .await
+            .expect("metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    };
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    for line in [
+        "crossbatch_requests_total{outcome=\"ok\"} 1",
+        "crossbatch_requests_total{outcome=\"invalid_argument\"} 1",
+        "crossbatch_request_duration_seconds_count 2",
+        "crossbatch_tokenize_duration_seconds_count 1",
+        "crossbatch_queue_duration_seconds_count 1",
+        "crossbatch_inference_duration_seconds_count 1",
+        "crossbatch_batch_pairs_bucket{le=\"2\"} 1",
+        "crossbatch_batch_pairs_sum 2",
+        "crossbatch_queue_pairs 0",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in\n{body}"
+        );
+    }
+    server.stop().await;
+}
