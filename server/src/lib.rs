@@ -12,6 +12,7 @@ pub mod pairs;
 pub mod pyjson;
 pub mod resources;
 pub mod serve;
+pub mod serve_bench;
 pub mod service;
 pub mod source;
 pub mod standin;

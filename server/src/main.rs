@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crossbatch_server::backend::{self, BackendChoice};
 use crossbatch_server::model::{CrossEncoder, Encoded};
-use crossbatch_server::{bench, pairs, serve, source, standin, telemetry};
+use crossbatch_server::{bench, pairs, serve, serve_bench, source, standin, telemetry};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -38,6 +38,27 @@ enum Command {
     Bench(BenchArgs),
     /// Serve the crossbatch.v1.CrossEncoder gRPC API (plus health and reflection).
     Serve(serve::ServeArgs),
+    /// Served throughput and overheads: the server in process, closed-loop load on loopback.
+    BenchServe(BenchServeArgs),
+}
+
+#[derive(Args)]
+struct BenchServeArgs {
+    /// Model directory, hub id, or `stand-in`.
+    #[arg(long, env = "CROSSBATCH_MODEL", default_value = source::DEFAULT_MODEL_ID)]
+    model: String,
+    /// auto, wgpu or cpu.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// Pair file (JSONL).
+    #[arg(long, default_value = "../shared/reference/bench-800.jsonl")]
+    input: PathBuf,
+    /// Pairs per measured configuration.
+    #[arg(long, default_value_t = 800)]
+    pairs: usize,
+    /// Best offline forward pairs/s to compare with (measured here when not given).
+    #[arg(long)]
+    offline_pairs_per_s: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -123,6 +144,7 @@ fn main() -> ExitCode {
         Command::Score(args) => score(args),
         Command::Bench(args) => run_bench(args),
         Command::Serve(args) => run_serve(args),
+        Command::BenchServe(args) => run_bench_serve(args),
     };
     match result {
         Ok(code) => code,
@@ -322,4 +344,109 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
+    let pairs = std::sync::Arc::new(pairs::read_jsonl(&args.input).map_err(anyhow::Error::msg)?);
+    if pairs.is_empty() {
+        bail!("{} holds no pairs", args.input.display());
+    }
+    let model_dir = source::resolve(&args.model)?.dir;
+    let offline = match args.offline_pairs_per_s {
+        Some(v) => v,
+        None => {
+            let model = load(&args.model, args.backend)?;
+            let opts = bench::BenchOptions {
+                batches: vec![8, 32, 96],
+                repeat: 1,
+                matmul_n: 512,
+            };
+            let r = bench::run(&model, &pairs, &opts, |m| eprintln!("  offline {m}"))?;
+            r.batches
+                .iter()
+                .map(|b| b.forward_pairs_per_s)
+                .fold(0.0, f64::max)
+        }
+    };
+    let backend = format!("{:?}", args.backend).to_lowercase();
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "--model",
+            model_dir.to_str().unwrap_or_default(),
+            "--backend",
+            &backend,
+            "--max-batch",
+            "96",
+            "--batch-timeout-ms",
+            "20",
+            "--max-queue-pairs",
+            "100000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let n = args.pairs;
+    rt.block_on(async move {
+        let mut rows = Vec::new();
+        for (label, flags, batch, conc) in [
+            ("deadline", vec!["--batch-policy", "deadline"], 1usize, 32usize),
+            ("eager", vec!["--batch-policy", "eager"], 1, 32),
+            ("deadline", vec!["--batch-policy", "deadline"], 8, 1),
+            ("eager", vec!["--batch-policy", "eager"], 8, 1),
+        ] {
+            let (ch, stop, task) = serve_bench::start_local(&base(&flags)).await?;
+            // Warm-up, left out.
+            serve_bench::closed_loop(ch.clone(), pairs.clone(), batch, conc, 64).await;
+            let r = serve_bench::closed_loop(ch, pairs.clone(), batch, conc, n).await;
+            let _ = stop.send(());
+            let _ = task.await;
+            eprintln!(
+                "  {label} batch {batch} conc {conc}: {:.1} pairs/s, mean latency {:.1} ms, outside tokenize+queue+inference {:.1}%, errors {}",
+                r.pairs_per_s(),
+                r.mean_latency().as_secs_f64() * 1e3,
+                100.0 * r.overhead_share(),
+                r.errors
+            );
+            rows.push((label, batch, conc, r));
+        }
+        let mut waste = Vec::new();
+        for group in ["true", "false"] {
+            // max-batch 8 under 32 waiting pairs: the batcher has a choice to make.
+            let mut flags = base(&["--layout", "padded", "--group-by-length", group]);
+            if let Some(i) = flags.iter().position(|f| f == "--max-batch") {
+                flags[i + 1] = "8".into();
+            }
+            let (ch, stop, task) = serve_bench::start_local(&flags).await?;
+            let r = serve_bench::closed_loop(ch, pairs.clone(), 1, 32, n).await;
+            let _ = stop.send(());
+            let _ = task.await;
+            eprintln!("  padded layout, group-by-length {group}: padding waste {:.1}%", 100.0 * r.padding_waste());
+            waste.push((group, r));
+        }
+        println!("offline best forward: {offline:.1} pairs/s\n");
+        println!("| policy | pairs/call | concurrency | served pairs/s | % of offline best | mean latency ms | latency outside tokenize+queue+inference | errors |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for (label, batch, conc, r) in &rows {
+            println!(
+                "| {label} | {batch} | {conc} | {:.1} | {:.0}% | {:.1} | {:.1}% | {} |",
+                r.pairs_per_s(),
+                100.0 * r.pairs_per_s() / offline,
+                r.mean_latency().as_secs_f64() * 1e3,
+                100.0 * r.overhead_share(),
+                r.errors
+            );
+        }
+        println!("\n| padded layout, max-batch 8, concurrency 32 x 1 pair | padding waste |\n|---|---|");
+        for (group, r) in &waste {
+            println!("| group-by-length {group} | {:.1}% |", 100.0 * r.padding_waste());
+        }
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    })
 }

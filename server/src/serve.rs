@@ -69,12 +69,22 @@ pub struct ServeArgs {
     /// Resource sampling (CPU, memory) and telemetry export interval.
     #[arg(long, env = "CROSSBATCH_SAMPLE_INTERVAL_MS", default_value_t = 500)]
     pub sample_interval_ms: u64,
+    /// Batch layout: auto (packed on CPU, padded on wgpu), or force one (for benchmarks).
+    #[arg(long, env = "CROSSBATCH_LAYOUT", value_enum, default_value = "auto")]
+    pub layout: LayoutChoice,
     /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
     #[arg(long, env = "CROSSBATCH_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
     /// Tokenizer threads [default: half the cores, at least 1].
     #[arg(long, env = "CROSSBATCH_TOKENIZER_WORKERS")]
     pub tokenizer_workers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LayoutChoice {
+    Auto,
+    Packed,
+    Padded,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +124,12 @@ impl ServeArgs {
 fn load(args: &ServeArgs, metrics: Arc<Metrics>) -> Result<(Ready, BatcherThread), StartError> {
     let src = source::resolve(&args.model)?;
     let device = backend::select(args.backend)?;
-    let model = CrossEncoder::load(&src.dir, device)?;
+    let mut model = CrossEncoder::load(&src.dir, device)?;
+    match args.layout {
+        LayoutChoice::Auto => {}
+        LayoutChoice::Packed => model.set_layout(crate::model::Layout::Packed),
+        LayoutChoice::Padded => model.set_layout(crate::model::Layout::Padded),
+    }
     let max_len = model.tokenizer().max_len();
     let longest_cost = match model.layout() {
         crate::model::Layout::Packed => max_len,

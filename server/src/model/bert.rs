@@ -44,12 +44,14 @@ pub enum Layout {
     Padded,
 }
 
-/// Length a padded batch is laid out at: the next power of two (at least 16, at most
-/// the position table), so a GPU sees a handful of shapes and compiles/tunes each once.
+/// Length a padded batch is laid out at: the longest sequence rounded up to a multiple
+/// of 32 (capped by the position table), so a GPU sees at most 16 lengths and compiles
+/// and tunes each once, while rounding adds little padding.
 pub fn padded_len(max_len: usize, max_positions: usize) -> usize {
     max_len
-        .next_power_of_two()
-        .max(16)
+        .div_ceil(32)
+        .max(1)
+        .saturating_mul(32)
         .min(max_positions)
         .max(max_len)
 }
