@@ -1,6 +1,8 @@
 # crossbatch: `make bench` (the main job) and `make test` (everything CI checks).
 # Cargo builds into $CARGO_TARGET_DIR when set (CI points it outside the clone).
 
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 CARGO ?= cargo
 SERVER = $(CARGO) run --quiet --release -p crossbatch-server --
 REPORTS ?= reports
@@ -11,7 +13,7 @@ REPEAT ?= 3
 CUBECL_AUTOTUNE_LEVEL ?= minimal
 export CUBECL_AUTOTUNE_LEVEL
 
-.PHONY: all build test bench bench-offline standin deps fmt clippy
+.PHONY: all build test bench standin deps fmt clippy
 
 all: build
 
@@ -34,9 +36,10 @@ clippy:
 test: deps fmt clippy standin
 	$(CARGO) test --release --workspace
 
-# Until the server and collector land, the main job is the offline model bench.
+# Until the collector lands, the main job is the offline model bench + the served bench.
 bench: standin
 	@mkdir -p $(REPORTS)
-	@out=$(REPORTS)/offline-bench-$$(date +%Y%m%d-%H%M%S); \
-	$(SERVER) bench --repeat $(REPEAT) --json $$out.json | tee $$out.md && \
+	@out=$(REPORTS)/bench-$$(date +%Y%m%d-%H%M%S); \
+	{ echo "## Offline forward"; $(SERVER) bench --repeat $(REPEAT) --json $$out.json; \
+	  echo "## Served (loopback)"; $(SERVER) bench-serve; } | tee $$out.md && \
 	echo "report: $$out.md"

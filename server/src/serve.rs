@@ -202,6 +202,22 @@ fn load(args: &ServeArgs, metrics: Arc<Metrics>) -> Result<(Ready, BatcherThread
     ))
 }
 
+/// Health of the API and of the server as a whole ("").
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    health
+        .set_service_status(
+            <CrossEncoderServer<ScoringService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health.set_service_status("", status).await;
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains: stop accepting,
 /// finish what is queued, return.
 pub async fn serve(
@@ -242,12 +258,7 @@ pub async fn serve(
         None => None,
     };
     let (health, health_svc) = tonic_health::server::health_reporter();
-    health
-        .set_not_serving::<CrossEncoderServer<ScoringService>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    set_health(&health, false).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crossbatch_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -267,12 +278,7 @@ pub async fn serve(
                 _ = stop_rx.changed() => {}
             }
             tracing::info!("shutting down: no new calls; finishing queued work");
-            health
-                .set_not_serving::<CrossEncoderServer<ScoringService>>()
-                .await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
+            set_health(&health, false).await;
         }
     };
     let addr = listener.local_addr().ok();
@@ -298,12 +304,7 @@ pub async fn serve(
                 Duration::from_millis(args_sample_ms),
             );
             let _ = ready.set(r);
-            health
-                .set_serving::<CrossEncoderServer<ScoringService>>()
-                .await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::Serving)
-                .await;
+            set_health(&health, true).await;
             tracing::info!("SERVING");
             Ok::<_, StartError>((thread, sampler))
         })
