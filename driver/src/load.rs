@@ -1,0 +1,318 @@
+//! Sending the load: closed loop (N workers back to back) or open loop (a fixed
+//! schedule of intended start times, uniform or Poisson, latency measured from the
+//! intended start as wrk2 does, so a stalled server cannot hide its queueing).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbatch_proto::v1::cross_encoder_client::CrossEncoderClient;
+use crossbatch_proto::v1::{Pair as ProtoPair, ScoreRequest};
+use tokio::sync::{Mutex, Semaphore, watch};
+use tonic::transport::Channel;
+
+use crate::stats::Sample;
+use crate::workload::Pair;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arrivals {
+    /// Evenly spaced calls.
+    Uniform,
+    /// Exponential gaps (a Poisson process), seeded.
+    Poisson,
+}
+
+#[derive(Debug, Clone)]
+pub enum Mode {
+    Closed,
+    Open {
+        rate: f64,
+        arrivals: Arrivals,
+        max_in_flight: usize,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct StepConfig {
+    pub batch: usize,
+    pub concurrency: usize,
+    pub pairs: usize,
+    pub warmup_calls: usize,
+    pub deadline: Option<Duration>,
+    pub mode: Mode,
+    pub run_id: String,
+    pub driver_id: String,
+}
+
+#[derive(Debug, Default)]
+pub struct StepResult {
+    pub samples: Vec<Sample>,
+    pub wall: Duration,
+    pub late: usize,
+    /// Stopped early (Ctrl-C): the figures cover what was measured.
+    pub interrupted: bool,
+}
+
+/// Progress counters the caller may print while the step runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub pairs_done: AtomicUsize,
+    pub errors: AtomicUsize,
+}
+
+/// An exponential gap with the given mean (inverse transform sampling).
+fn exp_gap(rng: &mut crate::workload::SplitMix, mean_s: f64) -> f64 {
+    -mean_s * rng.unit().ln()
+}
+
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+struct Caller {
+    client: CrossEncoderClient<Channel>,
+    workload: Arc<Vec<Pair>>,
+    cfg: StepConfig,
+    origin: Instant,
+}
+
+impl Caller {
+    /// One Score call of pairs `[from, from + n)` (cycling the workload).
+    async fn call(&mut self, from: usize, n: usize, intended: Instant, warmup: bool) -> Sample {
+        let w = &self.workload;
+        let mut req = tonic::Request::new(ScoreRequest {
+            pairs: (from..from + n)
+                .map(|i| {
+                    let p = &w[i % w.len()];
+                    ProtoPair {
+                        query: p.query.clone(),
+                        passage: p.passage.clone(),
+                    }
+                })
+                .collect(),
+            raw_scores: true,
+        });
+        if let Some(d) = self.cfg.deadline {
+            req.set_timeout(d);
+        }
+        let sent = Instant::now();
+        let code = match self.client.score(req).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        let done = Instant::now();
+        let us = |t: Instant| t.saturating_duration_since(self.origin).as_micros() as u64;
+        let from_t = match self.cfg.mode {
+            Mode::Closed => sent,
+            Mode::Open { .. } => intended,
+        };
+        Sample {
+            run_id: self.cfg.run_id.clone(),
+            driver_id: self.cfg.driver_id.clone(),
+            batch: self.cfg.batch,
+            concurrency: self.cfg.concurrency,
+            pairs: n,
+            intended_us: us(intended),
+            sent_us: us(sent),
+            latency_us: done.saturating_duration_since(from_t).as_micros() as u64,
+            code: code_name(code).into(),
+            warmup,
+        }
+    }
+}
+
+/// Runs one batch × concurrency step: warm-up calls first, then exactly `pairs` pairs.
+pub async fn run_step(
+    channel: Channel,
+    workload: Arc<Vec<Pair>>,
+    cfg: StepConfig,
+    progress: Arc<Progress>,
+    stop: watch::Receiver<bool>,
+) -> StepResult {
+    let batch = cfg.batch.max(1);
+    let origin = Instant::now();
+    let caller = |cfg: &StepConfig| Caller {
+        client: CrossEncoderClient::new(channel.clone()),
+        workload: Arc::clone(&workload),
+        cfg: cfg.clone(),
+        origin,
+    };
+    let mut samples = Vec::new();
+    // Warm-up: `warmup_calls` full calls across the workers, before the clock starts.
+    {
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..cfg.concurrency.max(1).min(cfg.warmup_calls.max(1)) {
+            let mut c = caller(&cfg);
+            let next = Arc::clone(&next);
+            let total = cfg.warmup_calls;
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    out.push(c.call(0, batch, Instant::now(), true).await);
+                }
+                out
+            }));
+        }
+        for t in tasks {
+            if let Ok(s) = t.await {
+                samples.extend(s);
+            }
+        }
+    }
+    let start = Instant::now();
+    let claimed = Arc::new(AtomicUsize::new(0));
+    let mut late = 0;
+    let mut interrupted = false;
+    match cfg.mode {
+        Mode::Closed => {
+            let mut tasks = Vec::new();
+            for _ in 0..cfg.concurrency.max(1) {
+                let mut c = caller(&cfg);
+                let claimed = Arc::clone(&claimed);
+                let progress = Arc::clone(&progress);
+                let stop = stop.clone();
+                let total = cfg.pairs;
+                tasks.push(tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    loop {
+                        if *stop.borrow() {
+                            return (out, true);
+                        }
+                        let from = claimed.fetch_add(batch, Ordering::Relaxed);
+                        if from >= total {
+                            return (out, false);
+                        }
+                        let n = batch.min(total - from);
+                        let s = c.call(from, n, Instant::now(), false).await;
+                        if s.code == "OK" {
+                            progress.pairs_done.fetch_add(n, Ordering::Relaxed);
+                        } else {
+                            progress.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        out.push(s);
+                    }
+                }));
+            }
+            for t in tasks {
+                if let Ok((s, stopped)) = t.await {
+                    samples.extend(s);
+                    interrupted |= stopped;
+                }
+            }
+        }
+        Mode::Open {
+            rate,
+            arrivals,
+            max_in_flight,
+        } => {
+            let calls = cfg.pairs.div_ceil(batch);
+            let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
+            let out = Arc::new(Mutex::new(Vec::with_capacity(calls)));
+            let mut rng = crate::workload::SplitMix::new(0x5eed);
+            let mut t = 0.0f64;
+            let mut tasks = Vec::with_capacity(calls);
+            for k in 0..calls {
+                if *stop.borrow() {
+                    interrupted = true;
+                    break;
+                }
+                let intended = start + Duration::from_secs_f64(t);
+                t += match arrivals {
+                    Arrivals::Uniform => 1.0 / rate,
+                    Arrivals::Poisson => exp_gap(&mut rng, 1.0 / rate),
+                };
+                tokio::time::sleep_until(intended.into()).await;
+                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                    break;
+                };
+                if Instant::now().duration_since(intended) > Duration::from_millis(1) {
+                    late += 1;
+                }
+                let from = k * batch;
+                let n = batch.min(cfg.pairs - from);
+                let mut c = caller(&cfg);
+                let out = Arc::clone(&out);
+                let progress = Arc::clone(&progress);
+                tasks.push(tokio::spawn(async move {
+                    let s = c.call(from, n, intended, false).await;
+                    if s.code == "OK" {
+                        progress.pairs_done.fetch_add(n, Ordering::Relaxed);
+                    } else {
+                        progress.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    out.lock().await.push(s);
+                    drop(permit);
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+            samples.extend(out.lock().await.drain(..));
+        }
+    }
+    StepResult {
+        samples,
+        wall: start.elapsed(),
+        late,
+        interrupted,
+    }
+}
+
+/// Waits until the server's health says SERVING, up to `timeout`.
+pub async fn wait_serving(target: &str, timeout: Duration) -> Result<Channel, String> {
+    let until = Instant::now() + timeout;
+    let mut last: String;
+    loop {
+        let endpoint =
+            Channel::from_shared(target.to_string()).map_err(|e| format!("{target}: {e}"))?;
+        match endpoint.connect().await {
+            Ok(ch) => {
+                let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+                match h
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: "crossbatch.v1.CrossEncoder".into(),
+                    })
+                    .await
+                {
+                    Ok(r)
+                        if r.get_ref().status
+                            == tonic_health::pb::health_check_response::ServingStatus::Serving
+                                as i32 =>
+                    {
+                        return Ok(ch);
+                    }
+                    Ok(r) => last = format!("health status {}", r.get_ref().status),
+                    Err(e) => last = e.message().to_string(),
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() >= until {
+            return Err(format!(
+                "server at {target} not SERVING after {:.0?} ({last})",
+                timeout
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

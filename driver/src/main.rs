@@ -1,0 +1,201 @@
+//! `crossbatch-driver run`: Score load sweeps against a crossbatch server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crossbatch_driver::load::{Arrivals, Mode, wait_serving};
+use crossbatch_driver::stats::Summary;
+use crossbatch_driver::{sweep, workload};
+
+#[derive(Parser)]
+#[command(
+    name = "crossbatch-driver",
+    version,
+    about = "Score load for a crossbatch server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every batch × concurrency step of a sweep and print a summary per step.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Server URL.
+    #[arg(
+        long,
+        env = "CROSSBATCH_TARGET",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    target: String,
+    /// Pairs per call, comma separated (one step per value × concurrency).
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    batch: Vec<usize>,
+    /// Concurrent callers (closed loop), comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    concurrency: Vec<usize>,
+    /// Pairs per step, exactly (the last call may be smaller).
+    #[arg(long, default_value_t = 800)]
+    pairs: usize,
+    /// Calls per step sent first and left out of the figures.
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    /// Each call's gRPC deadline in ms.
+    #[arg(long)]
+    deadline_ms: Option<u64>,
+    /// Open loop: calls per second (latency from each call's intended start).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Open loop arrivals.
+    #[arg(long, value_enum, default_value = "uniform")]
+    arrivals: Arrivals,
+    /// Open loop: calls in flight at most (later calls are sent late, and counted).
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
+    /// Workload: a JSONL or TSV file; `synthetic` for the built-in seeded generator.
+    #[arg(long, default_value = "synthetic")]
+    workload: String,
+    /// Seed of the synthetic workload.
+    #[arg(long, default_value_t = 20240517)]
+    seed: u64,
+    /// Run id shared by the drivers of one run [default: generated].
+    #[arg(long, env = "CROSSBATCH_RUN_ID")]
+    run_id: Option<String>,
+    /// This driver's id [default: host name + pid].
+    #[arg(long, env = "CROSSBATCH_DRIVER_ID")]
+    driver_id: Option<String>,
+    /// How long to wait for the server to be SERVING.
+    #[arg(long, default_value_t = 60)]
+    connect_timeout_s: u64,
+    /// Write every call as one JSON line here (merge several drivers exactly).
+    #[arg(long)]
+    samples_out: Option<PathBuf>,
+    /// Seconds between progress lines on stderr (0: none).
+    #[arg(long, default_value_t = 2.0)]
+    progress_s: f64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => rt.block_on(run(args)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<ExitCode> {
+    if args.batch.contains(&0) || args.concurrency.contains(&0) || args.pairs == 0 {
+        bail!("--batch, --concurrency and --pairs must be at least 1");
+    }
+    if let Some(r) = args.rate
+        && !(r.is_finite() && r > 0.0)
+    {
+        bail!("--rate must be a positive number of calls per second");
+    }
+    let pairs = if args.workload == "synthetic" {
+        workload::synthetic(args.pairs.max(1000), args.seed)
+    } else {
+        workload::load(std::path::Path::new(&args.workload))?
+    };
+    let channel = wait_serving(&args.target, Duration::from_secs(args.connect_timeout_s))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let run_id = args.run_id.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        format!("run-{t}")
+    });
+    let driver_id = args.driver_id.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let mode = match args.rate {
+        Some(rate) => Mode::Open {
+            rate,
+            arrivals: args.arrivals,
+            max_in_flight: args.max_in_flight,
+        },
+        None => Mode::Closed,
+    };
+    let cfg = sweep::SweepConfig {
+        batches: args.batch,
+        concurrencies: args.concurrency,
+        pairs: args.pairs,
+        warmup_calls: args.warmup,
+        deadline: args.deadline_ms.map(Duration::from_millis),
+        mode,
+        run_id: run_id.clone(),
+        driver_id,
+        progress_every: Duration::from_secs_f64(args.progress_s.max(0.0)),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: finishing calls in flight, then summarising");
+            let _ = stop_tx.send(true);
+        }
+    });
+    let result = sweep::run(channel, Arc::new(pairs), &cfg, stop_rx).await;
+    println!(
+        "run {run_id}{}",
+        if result.interrupted {
+            " (interrupted)"
+        } else {
+            ""
+        }
+    );
+    println!("{}", Summary::HEADER);
+    for s in &result.summaries {
+        println!("{}", s.line());
+    }
+    if let Some(path) = &args.samples_out {
+        sweep::write_samples(path, &result.samples)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "{} samples written to {}",
+            result.samples.len(),
+            path.display()
+        );
+    }
+    Ok(if result.interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
