@@ -65,29 +65,6 @@ fn exp_gap(rng: &mut crate::workload::SplitMix, mean_s: f64) -> f64 {
     -mean_s * rng.unit().ln()
 }
 
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 struct Caller {
     client: CrossEncoderClient<Channel>,
     workload: Arc<Vec<Pair>>,
@@ -134,7 +111,7 @@ impl Caller {
             intended_us: us(intended),
             sent_us: us(sent),
             latency_us: done.saturating_duration_since(from_t).as_micros() as u64,
-            code: code_name(code).into(),
+            code: crossbatch_proto::code_name(code).into(),
             warmup,
         }
     }

@@ -74,9 +74,9 @@ struct RunArgs {
     /// This driver's id [default: host name + pid].
     #[arg(long, env = "CROSSBATCH_DRIVER_ID")]
     driver_id: Option<String>,
-    /// How long to wait for the server to be SERVING.
-    #[arg(long, default_value_t = 60)]
-    connect_timeout_s: u64,
+    /// Seconds to wait for the server's health to be SERVING before failing.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    connect_timeout: u64,
     /// Write every call as one JSON line here (merge several drivers exactly).
     #[arg(long)]
     samples_out: Option<PathBuf>,
@@ -129,7 +129,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         workload::load(std::path::Path::new(&args.workload))?
     };
-    let channel = wait_serving(&args.target, Duration::from_secs(args.connect_timeout_s))
+    let channel = wait_serving(&args.target, Duration::from_secs(args.connect_timeout))
         .await
         .map_err(anyhow::Error::msg)?;
     let run_id = args.run_id.unwrap_or_else(|| {

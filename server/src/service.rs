@@ -210,33 +210,13 @@ fn code_of<T>(result: &Result<T, Status>) -> tonic::Code {
 fn record_status<T>(span: &Span, result: &Result<T, Status>) {
     let code = code_of(result);
     span.record("rpc.grpc.status_code", code as i64);
-    span.record("rpc.response.status_code", code_name(code));
+    span.record(
+        "rpc.response.status_code",
+        crossbatch_proto::code_name(code),
+    );
     if let Err(s) = result {
         span.record("otel.status_code", "ERROR");
         span.record("otel.status_message", s.message());
-    }
-}
-
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
