@@ -33,3 +33,56 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         Unauthenticated => "UNAUTHENTICATED",
     }
 }
+
+/// Span names and attribute keys shared by the driver (which writes them) and the
+/// collector (which reads them): the contract between the two, in one place.
+pub mod attrs {
+    /// One Score call, a client span around it; its trace id is the call's.
+    pub const CLIENT_SPAN: &str = "client.score";
+    /// One config of a sweep finished on one driver (counts, wall time).
+    pub const STEP_SPAN: &str = "bench.step";
+    /// One driver's whole run finished (totals, the server it measured).
+    pub const RUN_SPAN: &str = "bench.run";
+
+    pub const RUN_ID: &str = "bench.run_id";
+    pub const DRIVER_ID: &str = "bench.driver_id";
+    pub const HOST: &str = "bench.host";
+    /// Index of the config in the sweep, from 0.
+    pub const STEP: &str = "bench.step";
+    pub const BATCH: &str = "bench.batch";
+    pub const CONCURRENCY: &str = "bench.concurrency";
+    /// Pairs in this call.
+    pub const PAIRS: &str = "bench.pairs";
+    pub const WARMUP: &str = "bench.warmup";
+    /// The status code's name ("OK", "UNAVAILABLE", …).
+    pub const STATUS: &str = "bench.status";
+    /// When the call was meant to start, ns since the Unix epoch (open loop: the
+    /// schedule; closed loop: when it was sent).
+    pub const INTENDED_START: &str = "bench.intended_start_unix_nano";
+    /// The driver's latency in µs: from the intended start (open loop) or from sending.
+    pub const LATENCY_US: &str = "bench.latency_us";
+    pub const MODE: &str = "bench.mode";
+
+    // Completion records (`bench.step`, `bench.run`).
+    pub const CALLS_SENT: &str = "bench.calls_sent";
+    pub const CALLS_OK: &str = "bench.calls_ok";
+    pub const CALLS_FAILED: &str = "bench.calls_failed";
+    pub const PAIRS_SENT: &str = "bench.pairs_sent";
+    pub const PAIRS_OK: &str = "bench.pairs_ok";
+    pub const WARMUP_CALLS: &str = "bench.warmup_calls";
+    pub const LATE_CALLS: &str = "bench.late_calls";
+    pub const WALL_S: &str = "bench.wall_s";
+    pub const INTERRUPTED: &str = "bench.interrupted";
+    pub const STEPS_PLANNED: &str = "bench.steps_planned";
+    pub const STEPS_DONE: &str = "bench.steps_done";
+
+    // What the server said about itself (`Info`), on `bench.run`.
+    pub const SERVER_MODEL: &str = "server.model";
+    pub const SERVER_STANDIN: &str = "server.stand_in";
+    pub const SERVER_BACKEND: &str = "server.backend";
+    pub const SERVER_DEVICE: &str = "server.device";
+    pub const SERVER_MAX_BATCH: &str = "server.max_batch";
+    pub const SERVER_TIMEOUT_MS: &str = "server.batch_timeout_ms";
+    pub const SERVER_POLICY: &str = "server.batch_policy";
+    pub const SERVER_VERSION: &str = "server.version";
+}
