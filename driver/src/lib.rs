@@ -1,7 +1,11 @@
 //! crossbatch-driver: Score load against a crossbatch server, closed or open loop,
-//! with exact counts, HDR latency summaries and raw samples that merge exactly.
+//! with exact counts, exact latency percentiles, client spans over OTLP and raw
+//! samples that merge exactly.
 
+pub mod coordinated;
 pub mod load;
+pub mod progress;
 pub mod stats;
 pub mod sweep;
+pub mod telemetry;
 pub mod workload;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbatch_proto::v1::cross_encoder_client::CrossEncoderClient;
 use crossbatch_proto::v1::{Pair as ProtoPair, ScoreRequest};
@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, Semaphore, watch};
 use tonic::transport::Channel;
 
 use crate::stats::Sample;
+use crate::telemetry::ClientTelemetry;
 use crate::workload::Pair;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,6 +35,8 @@ pub enum Mode {
 
 #[derive(Debug, Clone)]
 pub struct StepConfig {
+    /// Index of this config in the sweep (from 0).
+    pub step: usize,
     pub batch: usize,
     pub concurrency: usize,
     pub pairs: usize,
@@ -47,6 +50,8 @@ pub struct StepConfig {
 #[derive(Debug, Default)]
 pub struct StepResult {
     pub samples: Vec<Sample>,
+    /// Wall-clock start of the measured part (after warm-up).
+    pub started: Option<SystemTime>,
     pub wall: Duration,
     pub late: usize,
     /// Stopped early (Ctrl-C): the figures cover what was measured.
@@ -70,6 +75,8 @@ struct Caller {
     workload: Arc<Vec<Pair>>,
     cfg: StepConfig,
     origin: Instant,
+    origin_wall: SystemTime,
+    telemetry: Option<Arc<ClientTelemetry>>,
 }
 
 impl Caller {
@@ -91,6 +98,10 @@ impl Caller {
         if let Some(d) = self.cfg.deadline {
             req.set_timeout(d);
         }
+        let span = self
+            .telemetry
+            .as_ref()
+            .map(|t| t.start_call(req.metadata_mut()));
         let sent = Instant::now();
         let code = match self.client.score(req).await {
             Ok(_) => tonic::Code::Ok,
@@ -102,7 +113,7 @@ impl Caller {
             Mode::Closed => sent,
             Mode::Open { .. } => intended,
         };
-        Sample {
+        let sample = Sample {
             run_id: self.cfg.run_id.clone(),
             driver_id: self.cfg.driver_id.clone(),
             batch: self.cfg.batch,
@@ -113,7 +124,12 @@ impl Caller {
             latency_us: done.saturating_duration_since(from_t).as_micros() as u64,
             code: crossbatch_proto::code_name(code).into(),
             warmup,
+        };
+        if let (Some(t), Some(span)) = (&self.telemetry, span) {
+            let intended_wall = self.origin_wall + intended.saturating_duration_since(self.origin);
+            t.end_call(span, &sample, self.cfg.step, intended_wall);
         }
+        sample
     }
 }
 
@@ -124,14 +140,18 @@ pub async fn run_step(
     cfg: StepConfig,
     progress: Arc<Progress>,
     stop: watch::Receiver<bool>,
+    telemetry: Option<Arc<ClientTelemetry>>,
 ) -> StepResult {
     let batch = cfg.batch.max(1);
     let origin = Instant::now();
+    let origin_wall = SystemTime::now();
     let caller = |cfg: &StepConfig| Caller {
         client: CrossEncoderClient::new(channel.clone()),
         workload: Arc::clone(&workload),
         cfg: cfg.clone(),
         origin,
+        origin_wall,
+        telemetry: telemetry.clone(),
     };
     let mut samples = Vec::new();
     // Warm-up: `warmup_calls` full calls across the workers, before the clock starts.
@@ -157,6 +177,7 @@ pub async fn run_step(
         }
     }
     let start = Instant::now();
+    let started = SystemTime::now();
     let claimed = Arc::new(AtomicUsize::new(0));
     let mut late = 0;
     let mut interrupted = false;
@@ -249,6 +270,7 @@ pub async fn run_step(
     }
     StepResult {
         samples,
+        started: Some(started),
         wall: start.elapsed(),
         late,
         interrupted,

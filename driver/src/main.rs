@@ -8,9 +8,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crossbatch_driver::load::{Arrivals, Mode, wait_serving};
+use crossbatch_driver::coordinated::Gate;
+use crossbatch_driver::load::{Arrivals, Mode, StepConfig, wait_serving};
 use crossbatch_driver::stats::Summary;
+use crossbatch_driver::telemetry::{ClientTelemetry, Identity, ServerInfo};
 use crossbatch_driver::{sweep, workload};
+use crossbatch_proto::v1::InfoRequest;
+use crossbatch_proto::v1::cross_encoder_client::CrossEncoderClient;
 
 #[derive(Parser)]
 #[command(
@@ -80,9 +84,19 @@ struct RunArgs {
     /// Write every call as one JSON line here (merge several drivers exactly).
     #[arg(long)]
     samples_out: Option<PathBuf>,
-    /// Seconds between progress lines on stderr (0: none).
+    /// Seconds between progress lines when stderr is not a terminal (on a terminal a
+    /// bar is redrawn in place); 0: no progress output.
     #[arg(long, default_value_t = 2.0)]
     progress_s: f64,
+    /// Export a `client.score` span per call (traceparent sent to the server) and
+    /// completion records to this OTLP/gRPC endpoint, e.g. the collector.
+    #[arg(long, env = "CROSSBATCH_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Join a coordinated run at this collector (its gRPC address, e.g.
+    /// http://collector:4317): every step starts on all the run's drivers together.
+    /// Drivers of one run share `--run-id` and the same sweep.
+    #[arg(long, env = "CROSSBATCH_COORDINATOR")]
+    coordinator: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -132,6 +146,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let channel = wait_serving(&args.target, Duration::from_secs(args.connect_timeout))
         .await
         .map_err(anyhow::Error::msg)?;
+    let run_id_given = args.run_id.clone();
     let run_id = args.run_id.unwrap_or_else(|| {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -139,12 +154,43 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
             .unwrap_or(0);
         format!("run-{t}")
     });
-    let driver_id = args.driver_id.unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "host".into());
-        format!("{host}-{}", std::process::id())
-    });
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let driver_id = args
+        .driver_id
+        .unwrap_or_else(|| format!("{host}-{}", std::process::id()));
+    let info = CrossEncoderClient::new(channel.clone())
+        .info(InfoRequest {})
+        .await
+        .with_context(|| format!("asking {} for its Info", args.target))?
+        .into_inner();
+    let server = ServerInfo {
+        model: info.model_id,
+        stand_in: info.stand_in,
+        backend: info.backend,
+        device: info.device,
+        max_batch: info.max_batch,
+        batch_timeout_ms: info.batch_timeout_ms,
+        batch_policy: info.batch_policy,
+        version: info.version,
+    };
+    let telemetry = match &args.otlp_endpoint {
+        Some(endpoint) => Some(Arc::new(
+            ClientTelemetry::new(
+                endpoint,
+                Identity {
+                    run_id: run_id.clone(),
+                    driver_id: driver_id.clone(),
+                    host: host.clone(),
+                },
+            )
+            .context("starting span export")?,
+        )),
+        None => None,
+    };
     let mode = match args.rate {
         Some(rate) => Mode::Open {
             rate,
@@ -154,15 +200,39 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         None => Mode::Closed,
     };
     let cfg = sweep::SweepConfig {
+        template: StepConfig {
+            step: 0,
+            batch: 1,
+            concurrency: 1,
+            pairs: args.pairs,
+            warmup_calls: args.warmup,
+            deadline: args.deadline_ms.map(Duration::from_millis),
+            mode,
+            run_id: run_id.clone(),
+            driver_id,
+        },
         batches: args.batch,
         concurrencies: args.concurrency,
-        pairs: args.pairs,
-        warmup_calls: args.warmup,
-        deadline: args.deadline_ms.map(Duration::from_millis),
-        mode,
-        run_id: run_id.clone(),
-        driver_id,
         progress_every: Duration::from_secs_f64(args.progress_s.max(0.0)),
+    };
+    let mut gate = match &args.coordinator {
+        Some(url) => {
+            if run_id_given.is_none() {
+                bail!("--coordinator needs --run-id (the same on every driver of the run)");
+            }
+            let g = Gate::join(
+                url,
+                &run_id,
+                &cfg.template.driver_id,
+                &host,
+                cfg.steps().len(),
+                Duration::from_secs(args.connect_timeout),
+            )
+            .await?;
+            eprintln!("joined run {run_id} at {url}; waiting for the other drivers");
+            Some(g)
+        }
+        None => None,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -171,7 +241,22 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
             let _ = stop_tx.send(true);
         }
     });
-    let result = sweep::run(channel, Arc::new(pairs), &cfg, stop_rx).await;
+    let result = sweep::run(
+        channel,
+        Arc::new(pairs),
+        &cfg,
+        stop_rx,
+        telemetry.clone(),
+        server,
+        gate.as_mut(),
+    )
+    .await;
+    if let Some(t) = telemetry.and_then(Arc::into_inner)
+        && let Err(e) = t.shutdown()
+    {
+        // The summary below is still right; say the export was incomplete.
+        eprintln!("warning: exporting spans to the OTLP endpoint failed: {e}");
+    }
     println!(
         "run {run_id}{}",
         if result.interrupted {
@@ -192,6 +277,10 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
             result.samples.len(),
             path.display()
         );
+    }
+    if let Some(e) = &result.error {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::FAILURE);
     }
     Ok(if result.interrupted {
         ExitCode::from(130)

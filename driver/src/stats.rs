@@ -32,7 +32,9 @@ pub struct Sample {
 
 /// Index of the nearest-rank `p` quantile in a sorted list of `n` values.
 pub fn nearest_rank(n: usize, p: f64) -> usize {
-    ((p * n as f64).ceil() as usize).clamp(1, n) - 1
+    // The epsilon keeps p·n that is an integer in exact arithmetic (0.07 × 100) from
+    // rounding up a rank through float error.
+    ((p * n as f64 - 1e-9).ceil() as usize).clamp(1, n) - 1
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -188,5 +190,6 @@ mod tests {
         assert_eq!(nearest_rank(10, 0.99), 9);
         assert_eq!(nearest_rank(10, 0.10), 0);
         assert_eq!(nearest_rank(1, 0.99), 0);
+        assert_eq!(nearest_rank(100, 0.07), 6);
     }
 }

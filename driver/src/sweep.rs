@@ -4,28 +4,44 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::load::{Mode, Progress, StepConfig, run_step};
+use crate::coordinated::{Gate, Next};
+use crate::load::{Mode, Progress, StepConfig, StepResult, run_step};
+use crate::progress::Ticker;
 use crate::stats::{Sample, Summary, summarise};
+use crate::telemetry::{ClientTelemetry, RunRecord, ServerInfo, StepRecord};
 use crate::workload::Pair;
 
 #[derive(Debug, Clone)]
 pub struct SweepConfig {
+    /// Every step's settings; its `step`, `batch` and `concurrency` are set per step.
+    pub template: StepConfig,
     pub batches: Vec<usize>,
     pub concurrencies: Vec<usize>,
-    pub pairs: usize,
-    pub warmup_calls: usize,
-    pub deadline: Option<Duration>,
-    pub mode: Mode,
-    pub run_id: String,
-    pub driver_id: String,
-    /// Print a progress line this often (0: never).
+    /// Progress: plain-line interval when stderr is not a terminal (0: none at all).
     pub progress_every: Duration,
+}
+
+impl SweepConfig {
+    /// The steps in the order they run: every batch × every concurrency.
+    pub fn steps(&self) -> Vec<StepConfig> {
+        let mut out = Vec::new();
+        for &batch in &self.batches {
+            for &concurrency in &self.concurrencies {
+                out.push(StepConfig {
+                    step: out.len(),
+                    batch,
+                    concurrency,
+                    ..self.template.clone()
+                });
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Default)]
@@ -33,74 +49,140 @@ pub struct SweepResult {
     pub summaries: Vec<Summary>,
     pub samples: Vec<Sample>,
     pub interrupted: bool,
+    /// Totals over every step (warm-up calls excluded), for the run record.
+    pub record: RunRecord,
+    /// A coordinated run that could not go on (aborted, coordinator lost).
+    pub error: Option<String>,
 }
 
+/// Runs every step in turn; with `telemetry`, every call is a span and each step and
+/// the run end with a completion record (the run's carries `server`). With a `gate`,
+/// each step waits for the coordinator's start and is reported done after.
 pub async fn run(
     channel: Channel,
     workload: Arc<Vec<Pair>>,
     cfg: &SweepConfig,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+    telemetry: Option<Arc<ClientTelemetry>>,
+    server: ServerInfo,
+    mut gate: Option<&mut Gate>,
 ) -> SweepResult {
-    let mut out = SweepResult::default();
-    'steps: for &batch in &cfg.batches {
-        for &concurrency in &cfg.concurrencies {
-            if *stop.borrow() {
-                out.interrupted = true;
-                break 'steps;
-            }
-            let step = StepConfig {
-                batch,
-                concurrency,
-                pairs: cfg.pairs,
-                warmup_calls: cfg.warmup_calls,
-                deadline: cfg.deadline,
-                mode: cfg.mode.clone(),
-                run_id: cfg.run_id.clone(),
-                driver_id: cfg.driver_id.clone(),
+    let run_started = SystemTime::now();
+    let steps = cfg.steps();
+    let mut out = SweepResult {
+        record: RunRecord {
+            steps_planned: steps.len(),
+            server,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for step in steps {
+        if *stop.borrow() {
+            out.interrupted = true;
+            break;
+        }
+        if let Some(g) = gate.as_deref_mut() {
+            let next = tokio::select! {
+                n = g.wait_start(step.step) => n,
+                _ = stop.wait_for(|s| *s) => {
+                    out.interrupted = true;
+                    break;
+                }
             };
-            let progress = Arc::new(Progress::default());
-            let ticker = (!cfg.progress_every.is_zero()).then(|| {
-                let p = Arc::clone(&progress);
-                let every = cfg.progress_every;
-                let total = cfg.pairs;
-                tokio::spawn(async move {
-                    let start = std::time::Instant::now();
-                    loop {
-                        tokio::time::sleep(every).await;
-                        let done = p.pairs_done.load(Ordering::Relaxed);
-                        let rate = done as f64 / start.elapsed().as_secs_f64();
-                        let eta = if rate > 0.0 {
-                            format!("{:.0}s", (total.saturating_sub(done)) as f64 / rate)
-                        } else {
-                            "?".into()
-                        };
-                        eprintln!(
-                            "batch={batch} conc={concurrency}: {done}/{total} pairs, {rate:.1} pairs/s, {} errors, ETA {eta}",
-                            p.errors.load(Ordering::Relaxed)
-                        );
-                    }
-                })
-            });
-            let r = run_step(
-                channel.clone(),
-                Arc::clone(&workload),
-                step,
-                progress,
-                stop.clone(),
-            )
-            .await;
-            if let Some(t) = ticker {
-                t.abort();
-            }
-            out.summaries.push(summarise(&r.samples, r.wall, r.late));
-            out.samples.extend(r.samples);
-            if r.interrupted {
-                out.interrupted = true;
-                break 'steps;
+            match next {
+                Ok(Next::Start) => {}
+                Ok(Next::Finish) => break,
+                Err(e) => {
+                    out.error = Some(e.to_string());
+                    break;
+                }
             }
         }
+        let progress = Arc::new(Progress::default());
+        let ticker = Ticker::start(
+            Arc::clone(&progress),
+            format!("batch={} conc={}", step.batch, step.concurrency),
+            step.pairs,
+            cfg.progress_every,
+        );
+        let r = run_step(
+            channel.clone(),
+            Arc::clone(&workload),
+            step.clone(),
+            progress,
+            stop.clone(),
+            telemetry.clone(),
+        )
+        .await;
+        ticker.finish();
+        let rec = step_record(&step, &r);
+        if let Some(t) = &telemetry {
+            t.step_done(&rec, r.started.unwrap_or(run_started));
+        }
+        if let Some(g) = gate.as_deref_mut()
+            && !r.interrupted
+            && let Err(e) = g.done(step.step, rec.calls_sent, rec.calls_ok).await
+        {
+            out.error = Some(e.to_string());
+        }
+        let run = &mut out.record;
+        run.steps_done += 1;
+        run.calls_sent += rec.calls_sent;
+        run.calls_ok += rec.calls_ok;
+        run.pairs_sent += rec.pairs_sent;
+        run.pairs_ok += rec.pairs_ok;
+        out.summaries.push(summarise(&r.samples, r.wall, r.late));
+        out.samples.extend(r.samples);
+        if r.interrupted {
+            out.interrupted = true;
+            break;
+        }
+        if out.error.is_some() {
+            break;
+        }
+    }
+    if let Some(g) = gate
+        && !out.interrupted
+        && out.error.is_none()
+        && out.record.steps_done == out.record.steps_planned
+        && let Err(e) = g.wait_finish().await
+    {
+        out.error = Some(e.to_string());
+    }
+    out.record.interrupted = out.interrupted || out.error.is_some();
+    if let Some(t) = &telemetry {
+        t.run_done(&out.record, run_started);
     }
     out
+}
+
+/// The completion record of one step: counts of measured calls (warm-up apart).
+pub fn step_record(step: &StepConfig, r: &StepResult) -> StepRecord {
+    let measured = r.samples.iter().filter(|s| !s.warmup);
+    let mut rec = StepRecord {
+        step: step.step,
+        batch: step.batch,
+        concurrency: step.concurrency,
+        mode: match step.mode {
+            Mode::Closed => "closed".into(),
+            Mode::Open { .. } => "open".into(),
+        },
+        warmup_calls: r.samples.iter().filter(|s| s.warmup).count(),
+        late_calls: r.late,
+        wall: r.wall,
+        interrupted: r.interrupted,
+        ..Default::default()
+    };
+    for s in measured {
+        rec.calls_sent += 1;
+        rec.pairs_sent += s.pairs;
+        if s.code == "OK" {
+            rec.calls_ok += 1;
+            rec.pairs_ok += s.pairs;
+        }
+    }
+    rec
 }
 
 /// One JSON line per call.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use crossbatch_driver::load::{Mode, wait_serving};
+use crossbatch_driver::load::{Mode, StepConfig, wait_serving};
 use crossbatch_driver::{sweep, workload};
 use crossbatch_server::serve::{ServeArgs, serve};
 
@@ -46,16 +46,31 @@ async fn start(extra: &[&str]) -> Local {
 
 fn cfg(batches: Vec<usize>, conc: Vec<usize>, pairs: usize, warmup: usize) -> sweep::SweepConfig {
     sweep::SweepConfig {
+        template: StepConfig {
+            step: 0,
+            batch: 1,
+            concurrency: 1,
+            pairs,
+            warmup_calls: warmup,
+            deadline: None,
+            mode: Mode::Closed,
+            run_id: "test-run".into(),
+            driver_id: "d0".into(),
+        },
         batches,
         concurrencies: conc,
-        pairs,
-        warmup_calls: warmup,
-        deadline: None,
-        mode: Mode::Closed,
-        run_id: "test-run".into(),
-        driver_id: "d0".into(),
         progress_every: Duration::ZERO,
     }
+}
+
+/// A sweep without span export.
+async fn sweep_run(
+    ch: tonic::transport::Channel,
+    work: Arc<Vec<workload::Pair>>,
+    c: &sweep::SweepConfig,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> sweep::SweepResult {
+    sweep::run(ch, work, c, stop, None, Default::default(), None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +82,7 @@ async fn exact_pairs_per_step_warmup_excluded_samples_round_trip() {
     let (_tx, stop) = tokio::sync::watch::channel(false);
     let work = Arc::new(workload::synthetic(50, 1));
     let c = cfg(vec![3, 8], vec![1, 2], 20, 2);
-    let r = sweep::run(ch, work, &c, stop).await;
+    let r = sweep_run(ch, work, &c, stop).await;
     assert!(!r.interrupted);
     assert_eq!(r.summaries.len(), 4);
     for s in &r.summaries {
@@ -121,7 +136,7 @@ async fn errors_are_counted_by_code_when_the_server_goes_away() {
         let _ = stopper.send(());
     });
     let c = cfg(vec![1], vec![2], 400, 0);
-    let r = tokio::time::timeout(Duration::from_secs(120), sweep::run(ch, work, &c, stop))
+    let r = tokio::time::timeout(Duration::from_secs(120), sweep_run(ch, work, &c, stop))
         .await
         .expect("the run ends on its own");
     let s = &r.summaries[0];
@@ -143,7 +158,7 @@ async fn open_loop_latency_grows_from_intended_start_on_a_slow_server_closed_doe
     let (_tx, stop) = tokio::sync::watch::channel(false);
     let work = Arc::new(workload::synthetic(50, 3));
     // Closed loop at concurrency 1: each call ~300 ms, flat.
-    let closed = sweep::run(
+    let closed = sweep_run(
         ch.clone(),
         Arc::clone(&work),
         &cfg(vec![1], vec![1], 6, 0),
@@ -154,12 +169,12 @@ async fn open_loop_latency_grows_from_intended_start_on_a_slow_server_closed_doe
     // Open loop at 10 calls/s against a server that does ~3/s with max-in-flight 1:
     // calls are sent late and latency from the intended start keeps growing.
     let mut open_cfg = cfg(vec![1], vec![1], 6, 0);
-    open_cfg.mode = Mode::Open {
+    open_cfg.template.mode = Mode::Open {
         rate: 10.0,
         arrivals: crossbatch_driver::load::Arrivals::Uniform,
         max_in_flight: 1,
     };
-    let open = sweep::run(ch, work, &open_cfg, stop).await;
+    let open = sweep_run(ch, work, &open_cfg, stop).await;
     let mut o = open.samples.clone();
     o.sort_by_key(|s| s.intended_us);
     assert!(
