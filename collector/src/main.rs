@@ -1,0 +1,178 @@
+//! `crossbatch-collector`: OTLP in, the benchmark report out.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use crossbatch_collector::serve::{CollectConfig, serve};
+
+#[derive(Parser)]
+#[command(
+    name = "crossbatch-collector",
+    version,
+    about = "Receives crossbatch spans and metrics over OTLP and writes the benchmark report"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Receive OTLP/gRPC and write a report when each run completes.
+    Serve(ServeArgs),
+    /// Rebuild reports offline from a `--spans-out` file.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct Naming {
+    /// Directory for the report files (created if missing).
+    #[arg(long, env = "CROSSBATCH_REPORTS", default_value = "reports")]
+    out: PathBuf,
+    /// Report name: its title and the file-name prefix (`<name>-<timestamp>.md`).
+    #[arg(long, env = "CROSSBATCH_REPORT_NAME", default_value = "crossbatch")]
+    name: String,
+    /// The italic line under the title [default: the batching policy and backend].
+    #[arg(long, env = "CROSSBATCH_REPORT_DESCRIPTION")]
+    description: Option<String>,
+    /// Driver completion records a run needs to be whole.
+    #[arg(long, env = "CROSSBATCH_EXPECT_DRIVERS", default_value_t = 1)]
+    expect_drivers: usize,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// OTLP/gRPC listen address.
+    #[arg(
+        long,
+        env = "CROSSBATCH_COLLECTOR_LISTEN",
+        default_value = "127.0.0.1:4317"
+    )]
+    listen: SocketAddr,
+    #[command(flatten)]
+    naming: Naming,
+    /// Also pass everything received, unchanged, to this OTLP/gRPC endpoint
+    /// (Jaeger, an OpenTelemetry Collector).
+    #[arg(long, env = "CROSSBATCH_FORWARD")]
+    forward: Option<String>,
+    /// Also keep every export as OTLP JSON lines in this file (for `report --spans`).
+    #[arg(long, env = "CROSSBATCH_SPANS_OUT")]
+    spans_out: Option<PathBuf>,
+    /// Exit after writing the first report.
+    #[arg(long, env = "CROSSBATCH_ONCE")]
+    once: bool,
+    /// After the last completion record, ms to wait for spans still on their way.
+    #[arg(long, env = "CROSSBATCH_GRACE_MS", default_value_t = 5000)]
+    grace_ms: u64,
+    /// Seconds coordinated drivers (`crossbatch-driver run --coordinator`) have to join
+    /// a run before it fails.
+    #[arg(long, env = "CROSSBATCH_JOIN_TIMEOUT_S", default_value_t = 120)]
+    join_timeout_s: u64,
+    /// Calls, batches and resource samples kept at most; beyond, dropped and counted.
+    #[arg(long, env = "CROSSBATCH_MAX_RECORDS", default_value_t = 2_000_000)]
+    max_records: usize,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// A file written by `serve --spans-out`.
+    #[arg(long)]
+    spans: PathBuf,
+    #[command(flatten)]
+    naming: Naming,
+    /// Only this run [default: every run in the file].
+    #[arg(long)]
+    run_id: Option<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(a) => run_serve(a),
+        Command::Report(a) => crossbatch_collector::offline_report(
+            &a.spans,
+            &a.naming.out,
+            &a.naming.name,
+            a.naming.description,
+            a.run_id.as_deref(),
+            a.naming.expect_drivers,
+        )
+        .map(|paths| {
+            for p in paths {
+                println!("{}", p.display());
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
+    if a.naming.expect_drivers == 0 {
+        anyhow::bail!("--expect-drivers must be at least 1");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("listening on {}", a.listen))?;
+        tracing::info!(listen = %a.listen, expect_drivers = a.naming.expect_drivers, "collector receiving OTLP/gRPC");
+        let cfg = CollectConfig {
+            out_dir: a.naming.out,
+            name: a.naming.name,
+            description: a.naming.description,
+            expect_drivers: a.naming.expect_drivers,
+            grace: Duration::from_millis(a.grace_ms),
+            once: a.once,
+            max_records: a.max_records.max(1),
+            // Empty values (compose's `${FORWARD:-}`) mean unset.
+            forward: a.forward.filter(|f| !f.is_empty()),
+            spans_out: a.spans_out.filter(|p| !p.as_os_str().is_empty()),
+            join_timeout: Duration::from_secs(a.join_timeout_s),
+        };
+        serve(cfg, listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

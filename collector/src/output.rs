@@ -1,0 +1,51 @@
+//! Writes a report to disk: `<dir>/<name>-<timestamp>.md`, its `.json` (every figure
+//! and the per-call records) and three SVG plots beside it, linked from the markdown.
+
+use std::path::{Path, PathBuf};
+
+use crate::report::{Plots, Report, markdown};
+use crate::svg;
+
+#[derive(Debug, thiserror::Error)]
+#[error("writing {path}: {source}")]
+pub struct OutputError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+/// File-name-safe `YYYYmmdd-HHMMSS` from the report's timestamp.
+fn stamp(r: &Report) -> String {
+    r.timestamp.replace(['-', ':'], "").replace(' ', "-")
+}
+
+/// Writes the report's files and returns the markdown's path.
+pub fn write(dir: &Path, name: &str, r: &Report) -> Result<PathBuf, OutputError> {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| OutputError { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(err(dir))?;
+    let base = format!("{name}-{}", stamp(r));
+    let plots = Plots {
+        latency: Some(format!("{base}-latency.svg")),
+        throughput: Some(format!("{base}-throughput.svg")),
+        series: Some(format!("{base}-series.svg")),
+    };
+    for (file, text) in [
+        (plots.latency.as_deref(), svg::latency(r)),
+        (plots.throughput.as_deref(), svg::throughput(r)),
+        (plots.series.as_deref(), svg::series(r)),
+    ] {
+        let p = dir.join(file.unwrap_or_default());
+        std::fs::write(&p, text).map_err(err(&p))?;
+    }
+    let json = dir.join(format!("{base}.json"));
+    let text = serde_json::to_string_pretty(r).map_err(|e| OutputError {
+        path: json.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    std::fs::write(&json, text).map_err(err(&json))?;
+    let md = dir.join(format!("{base}.md"));
+    std::fs::write(&md, markdown(r, &plots)).map_err(err(&md))?;
+    Ok(md)
+}

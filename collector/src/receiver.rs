@@ -1,0 +1,175 @@
+//! The OTLP/gRPC receiver: the `TraceService` and `MetricsService` of
+//! opentelemetry-proto. Each export is stored, optionally written to the spans file
+//! and passed on unchanged to `--forward`. An export is acknowledged once stored, so
+//! a slow forward target never slows the drivers or the server.
+
+use std::sync::{Arc, Mutex};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio::sync::{Notify, mpsc};
+use tonic::{Request, Response, Status};
+
+use crate::spans_file::SpansWriter;
+use crate::store::Store;
+
+/// One export, to be forwarded.
+pub enum Export {
+    Traces(ExportTraceServiceRequest),
+    Metrics(ExportMetricsServiceRequest),
+}
+
+/// State shared by the receiver services and the report loop.
+pub struct Shared {
+    pub store: Mutex<Store>,
+    pub spans_out: Option<Mutex<SpansWriter>>,
+    pub forward: Option<mpsc::Sender<Export>>,
+    /// Woken after every export, so the report loop can check completion.
+    pub changed: Notify,
+    pub forward_dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    pub fn new(
+        store: Store,
+        spans_out: Option<SpansWriter>,
+        forward: Option<mpsc::Sender<Export>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store: Mutex::new(store),
+            spans_out: spans_out.map(Mutex::new),
+            forward,
+            changed: Notify::new(),
+            forward_dropped: Default::default(),
+        })
+    }
+
+    pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        // A panic while holding the lock cannot leave the store half-updated in a way
+        // that matters more than losing the run; keep serving.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pass_on(&self, e: Export) {
+        if let Some(tx) = &self.forward
+            && tx.try_send(e).is_err()
+        {
+            let n = self
+                .forward_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n == 0 {
+                tracing::warn!(
+                    "forward target is behind or down: dropping exports for it (counted)"
+                );
+            }
+        }
+    }
+
+    fn write_out(&self, line: Result<String, serde_json::Error>) {
+        let Some(w) = &self.spans_out else { return };
+        match line {
+            Ok(l) => {
+                if let Err(e) = w.lock().unwrap_or_else(|p| p.into_inner()).write_line(&l) {
+                    tracing::warn!(error = %e, "writing the spans file");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "encoding an export as OTLP JSON"),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Receiver(pub Arc<Shared>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let req = request.into_inner();
+        self.0.store().ingest_traces(&req);
+        self.0.write_out(serde_json::to_string(&req));
+        self.0.pass_on(Export::Traces(req));
+        self.0.changed.notify_one();
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let req = request.into_inner();
+        self.0.store().ingest_metrics(&req);
+        self.0.write_out(serde_json::to_string(&req));
+        self.0.pass_on(Export::Metrics(req));
+        self.0.changed.notify_one();
+        Ok(Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+/// Passes exports on to `url` in order, reconnecting as needed; an export that fails
+/// is logged and skipped (the run's own report does not depend on it).
+pub fn spawn_forwarder(url: String) -> mpsc::Sender<Export> {
+    let (tx, mut rx) = mpsc::channel::<Export>(4096);
+    tokio::spawn(async move {
+        let mut traces: Option<TraceServiceClient<tonic::transport::Channel>> = None;
+        let mut metrics: Option<MetricsServiceClient<tonic::transport::Channel>> = None;
+        let mut warned = false;
+        while let Some(e) = rx.recv().await {
+            let result = async {
+                let ch = match (&traces, &metrics) {
+                    (Some(_), Some(_)) => None,
+                    _ => Some(
+                        tonic::transport::Endpoint::from_shared(url.clone())
+                            .map_err(|e| e.to_string())?
+                            .connect()
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    ),
+                };
+                if let Some(ch) = ch {
+                    traces = Some(TraceServiceClient::new(ch.clone()));
+                    metrics = Some(MetricsServiceClient::new(ch));
+                }
+                match e {
+                    Export::Traces(r) => traces
+                        .as_mut()
+                        .ok_or("no client")?
+                        .export(r)
+                        .await
+                        .map(|_| ())
+                        .map_err(|s| s.message().to_string()),
+                    Export::Metrics(r) => metrics
+                        .as_mut()
+                        .ok_or("no client")?
+                        .export(r)
+                        .await
+                        .map(|_| ())
+                        .map_err(|s| s.message().to_string()),
+                }
+            }
+            .await;
+            if let Err(msg) = result {
+                if !warned {
+                    tracing::warn!(target = %url, error = %msg, "forwarding failed (further failures are quiet)");
+                    warned = true;
+                }
+                traces = None;
+                metrics = None;
+            }
+        }
+    });
+    tx
+}

@@ -1,0 +1,967 @@
+//! The benchmark report of one run: every figure computed from the joined records,
+//! in the shape of `report-example.md` (sections, tables, columns, order), plus an
+//! Errors column, the drivers, and notes that say what could not be measured or kept.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::stats::{Bucket, Dist, latency_buckets, pearson};
+use crate::store::{CallRecord, RunData};
+
+/// What the caller names the report.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub title: String,
+    /// Italic line under the title; default says the batching and backend.
+    pub description: Option<String>,
+    /// Written before the run was whole (SIGTERM, a timeout, saved spans of an
+    /// unfinished run): the reason.
+    pub partial: Option<String>,
+    /// Drivers the run expected (0: whatever arrived).
+    pub expect_drivers: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigReport {
+    pub index: usize,
+    pub step: usize,
+    pub batch: usize,
+    /// Summed over the drivers that ran this step.
+    pub concurrency: usize,
+    pub drivers: usize,
+    pub calls: usize,
+    pub pairs: usize,
+    pub pairs_failed: usize,
+    pub time_s: f64,
+    /// pairs / time_s.
+    pub pairs_per_s: f64,
+    pub errors: BTreeMap<String, usize>,
+    pub late_calls: usize,
+    pub latency_ms: Option<Dist>,
+    /// Per call: pairs / latency.
+    pub throughput: Option<Dist>,
+    pub buckets: Vec<Bucket>,
+    pub correlation: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Overall {
+    pub best_throughput: Option<(f64, String)>,
+    pub best_latency: Option<(f64, String)>,
+    pub avg_throughput: Option<f64>,
+    pub avg_latency: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DashboardRow {
+    pub metric: String,
+    pub dist: Option<Dist>,
+    /// Why there is no figure (a footnote), when `dist` is None.
+    pub why_na: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SeriesRow {
+    pub index: usize,
+    pub start_s: f64,
+    pub gpu_mem_mb: Option<f64>,
+    pub gpu_util_pct: Option<f64>,
+    pub cpu_pct: Option<f64>,
+    pub latency_ms: Option<f64>,
+    /// Pairs completed in the interval, per second.
+    pub throughput: f64,
+    pub tokenize_ms: Option<f64>,
+    pub inference_ms: Option<f64>,
+    pub queue_ms: Option<f64>,
+    pub padding_pct: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DriverRow {
+    pub driver_id: String,
+    pub host: String,
+    pub calls: usize,
+    pub pairs_sent: usize,
+    pub pairs_ok: usize,
+    pub errors: usize,
+    /// "finished", "interrupted", or "lost" (no completion record).
+    pub state: String,
+    pub steps_done: usize,
+    pub steps_planned: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Notes {
+    pub spans_received: u64,
+    pub unknown_spans: u64,
+    pub malformed_spans: u64,
+    pub dropped: u64,
+    pub orphan_server_calls: usize,
+    /// Successful calls whose server spans never arrived.
+    pub calls_without_server_spans: usize,
+    pub warmup_calls: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub title: String,
+    pub description: String,
+    pub timestamp: String,
+    pub run_id: String,
+    pub partial: Option<String>,
+    pub model: String,
+    pub stand_in: bool,
+    pub backend: String,
+    pub device: String,
+    pub max_batch: Option<u64>,
+    pub batch_timeout_ms: Option<u64>,
+    pub batch_policy: String,
+    pub configs: Vec<ConfigReport>,
+    pub overall: Overall,
+    pub dashboard: Vec<DashboardRow>,
+    pub series_interval_s: f64,
+    pub series: Vec<SeriesRow>,
+    pub drivers: Vec<DriverRow>,
+    pub notes: Notes,
+    /// The joined per-call records (JSON only).
+    pub calls: Vec<CallRecord>,
+    /// The forward passes that ran the measured calls (JSON only).
+    pub batches: Vec<crate::store::BatchRecord>,
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time in ns.
+pub fn utc_timestamp(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn measured(calls: &[CallRecord]) -> impl Iterator<Item = &CallRecord> {
+    calls.iter().filter(|c| !c.client.warmup)
+}
+
+fn configs(d: &RunData) -> Vec<ConfigReport> {
+    let steps: BTreeSet<usize> = measured(&d.calls)
+        .map(|c| c.client.step)
+        .chain(d.steps.iter().map(|s| s.step))
+        .collect();
+    let mut out = Vec::new();
+    for step in steps {
+        let calls: Vec<&CallRecord> = measured(&d.calls)
+            .filter(|c| c.client.step == step)
+            .collect();
+        let recs: Vec<_> = d.steps.iter().filter(|s| s.step == step).collect();
+        let batch = recs
+            .first()
+            .map(|r| r.batch)
+            .or_else(|| calls.first().map(|c| c.client.batch))
+            .unwrap_or(0);
+        // Concurrency per driver: from its step record, else from its calls.
+        let mut conc: BTreeMap<&str, usize> = BTreeMap::new();
+        for c in &calls {
+            conc.insert(&c.client.driver_id, c.client.concurrency);
+        }
+        for r in &recs {
+            conc.insert(&r.driver_id, r.concurrency);
+        }
+        let ok: Vec<&&CallRecord> = calls.iter().filter(|c| c.client.status == "OK").collect();
+        let latency: Vec<f64> = ok.iter().map(|c| c.client.latency_ms).collect();
+        let throughput: Vec<f64> = ok
+            .iter()
+            .map(|c| c.client.pairs as f64 / (c.client.latency_ms / 1e3).max(1e-9))
+            .collect();
+        let mut errors = BTreeMap::new();
+        let mut pairs_failed = 0;
+        for c in calls.iter().filter(|c| c.client.status != "OK") {
+            *errors.entry(c.client.status.clone()).or_insert(0) += 1;
+            pairs_failed += c.client.pairs;
+        }
+        let pairs: usize = ok.iter().map(|c| c.client.pairs).sum();
+        // Time: one driver's own wall clock; several drivers, first start to last end.
+        let time_s = match recs.as_slice() {
+            [one] => one.wall_s,
+            [] => {
+                let lo = calls
+                    .iter()
+                    .map(|c| c.client.start_unix_ns)
+                    .min()
+                    .unwrap_or(0);
+                let hi = calls
+                    .iter()
+                    .map(|c| c.client.end_unix_ns)
+                    .max()
+                    .unwrap_or(0);
+                hi.saturating_sub(lo) as f64 / 1e9
+            }
+            many => {
+                let lo = many.iter().map(|r| r.start_unix_ns).min().unwrap_or(0);
+                let hi = many.iter().map(|r| r.end_unix_ns).max().unwrap_or(0);
+                hi.saturating_sub(lo) as f64 / 1e9
+            }
+        };
+        out.push(ConfigReport {
+            index: out.len() + 1,
+            step,
+            batch,
+            concurrency: conc.values().sum(),
+            drivers: conc.len(),
+            calls: calls.len(),
+            pairs,
+            pairs_failed,
+            time_s,
+            pairs_per_s: if time_s > 0.0 {
+                pairs as f64 / time_s
+            } else {
+                0.0
+            },
+            errors,
+            late_calls: recs.iter().map(|r| r.late_calls).sum(),
+            latency_ms: Dist::of(&latency),
+            throughput: Dist::of(&throughput),
+            buckets: latency_buckets(&latency, &throughput),
+            correlation: pearson(&latency, &throughput),
+        });
+    }
+    out
+}
+
+fn label(c: &ConfigReport) -> String {
+    format!("batch={}, conc={}", c.batch, c.concurrency)
+}
+
+fn overall(cfgs: &[ConfigReport]) -> Overall {
+    let with_calls: Vec<&ConfigReport> = cfgs.iter().filter(|c| c.latency_ms.is_some()).collect();
+    let best_tp = with_calls
+        .iter()
+        .max_by(|a, b| a.pairs_per_s.total_cmp(&b.pairs_per_s))
+        .map(|c| (c.pairs_per_s, label(c)));
+    let best_lat = with_calls
+        .iter()
+        .filter_map(|c| c.latency_ms.map(|l| (l.avg, label(c))))
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    let tps: Vec<f64> = with_calls.iter().map(|c| c.pairs_per_s).collect();
+    let lats: Vec<f64> = with_calls
+        .iter()
+        .filter_map(|c| c.latency_ms.map(|l| l.avg))
+        .collect();
+    Overall {
+        best_throughput: best_tp,
+        best_latency: best_lat,
+        avg_throughput: crate::stats::mean(&tps),
+        avg_latency: crate::stats::mean(&lats),
+    }
+}
+
+const UTIL_METRIC: &str = "crossbatch.device.utilization";
+const MEM_METRIC: &str = "crossbatch.memory.used";
+const CPU_METRIC: &str = "process.cpu.percent";
+
+fn metric_values<'a>(
+    d: &'a RunData,
+    name: &'a str,
+    kind: Option<&'a str>,
+) -> impl Iterator<Item = (u64, f64)> + 'a {
+    d.metrics
+        .iter()
+        .filter(move |m| m.name == name && (kind.is_none() || m.kind.as_deref() == kind))
+        .map(|m| (m.unix_ns, m.value))
+}
+
+fn dashboard(d: &RunData, backend: &str) -> Vec<DashboardRow> {
+    let vals = |name, kind| {
+        metric_values(d, name, kind)
+            .map(|(_, v)| v)
+            .collect::<Vec<_>>()
+    };
+    let server_calls: Vec<_> = measured(&d.calls)
+        .filter_map(|c| c.server.as_ref())
+        .collect();
+    let no_server = "no server spans reached the collector (is the server's --otlp-endpoint set?)";
+    let no_metrics = "no server resource samples reached the collector";
+    let row = |metric: &str, v: Vec<f64>, why: &str| DashboardRow {
+        metric: metric.into(),
+        dist: Dist::of(&v),
+        why_na: Dist::of(&v).is_none().then(|| why.to_string()),
+    };
+    let any_metrics = !d.metrics.is_empty();
+    let mut rows = vec![
+        row(
+            "GPU Memory (MB)",
+            vals(MEM_METRIC, Some("device")),
+            if !any_metrics {
+                no_metrics
+            } else if backend == "cpu" {
+                "the CPU backend has no device memory; the server's resident memory is the Host Memory row"
+            } else {
+                "the server reported no device memory samples"
+            },
+        ),
+        row(
+            "GPU Utilization (%)",
+            vals(UTIL_METRIC, None),
+            if backend == "cpu" {
+                "the CPU backend has no device to be busy; CPU Usage is the figure"
+            } else {
+                "burn-wgpu does not expose device utilisation, and no vendor counter (NVML) was read"
+            },
+        ),
+        row("CPU Usage (%)", vals(CPU_METRIC, None), no_metrics),
+        row(
+            "Tokenization (ms)",
+            server_calls.iter().filter_map(|s| s.tokenize_ms).collect(),
+            no_server,
+        ),
+        row(
+            "Inference (ms)",
+            d.batches.iter().map(|b| b.inference_ms).collect(),
+            no_server,
+        ),
+        row(
+            "Queue Wait (ms)",
+            server_calls.iter().filter_map(|s| s.queue_ms).collect(),
+            no_server,
+        ),
+        row(
+            "Padding Waste (%)",
+            d.batches.iter().map(|b| b.padding_waste_pct).collect(),
+            no_server,
+        ),
+    ];
+    let host = vals(MEM_METRIC, Some("host"));
+    if !host.is_empty() {
+        rows.insert(1, row("Host Memory (MB)", host, no_metrics));
+    }
+    rows
+}
+
+/// The interval of the time series: whole seconds, at most ~60 rows.
+fn series_interval_s(window_s: f64) -> f64 {
+    (window_s / 60.0).ceil().max(1.0)
+}
+
+fn series(d: &RunData) -> (f64, Vec<SeriesRow>) {
+    let (lo, hi) = d.window_unix_ns;
+    if hi <= lo {
+        return (1.0, Vec::new());
+    }
+    let width = series_interval_s((hi - lo) as f64 / 1e9);
+    let n = (((hi - lo) as f64 / 1e9) / width).ceil().max(1.0) as usize;
+    let slot = |t: u64| -> Option<usize> {
+        (t >= lo).then(|| ((((t - lo) as f64 / 1e9) / width) as usize).min(n - 1))
+    };
+    #[derive(Default, Clone)]
+    struct Acc {
+        mem: Vec<f64>,
+        util: Vec<f64>,
+        cpu: Vec<f64>,
+        lat: Vec<f64>,
+        pairs: usize,
+        tok: Vec<f64>,
+        inf: Vec<f64>,
+        queue: Vec<f64>,
+        pad: Vec<f64>,
+    }
+    let mut acc = vec![Acc::default(); n];
+    for (t, v) in metric_values(d, MEM_METRIC, Some("device")) {
+        if let Some(i) = slot(t) {
+            acc[i].mem.push(v);
+        }
+    }
+    for (t, v) in metric_values(d, UTIL_METRIC, None) {
+        if let Some(i) = slot(t) {
+            acc[i].util.push(v);
+        }
+    }
+    for (t, v) in metric_values(d, CPU_METRIC, None) {
+        if let Some(i) = slot(t) {
+            acc[i].cpu.push(v);
+        }
+    }
+    for c in measured(&d.calls).filter(|c| c.client.status == "OK") {
+        let Some(i) = slot(c.client.end_unix_ns) else {
+            continue;
+        };
+        let a = &mut acc[i];
+        a.lat.push(c.client.latency_ms);
+        a.pairs += c.client.pairs;
+        if let Some(s) = &c.server {
+            a.tok.extend(s.tokenize_ms);
+            a.queue.extend(s.queue_ms);
+        }
+    }
+    for b in &d.batches {
+        if let Some(i) = slot(b.start_unix_ns) {
+            acc[i].inf.push(b.inference_ms);
+            acc[i].pad.push(b.padding_waste_pct);
+        }
+    }
+    let avg = |v: &[f64]| crate::stats::mean(v);
+    let rows = acc
+        .iter()
+        .enumerate()
+        .map(|(i, a)| SeriesRow {
+            index: i,
+            start_s: i as f64 * width,
+            gpu_mem_mb: avg(&a.mem),
+            gpu_util_pct: avg(&a.util),
+            cpu_pct: avg(&a.cpu),
+            latency_ms: avg(&a.lat),
+            throughput: a.pairs as f64 / width,
+            tokenize_ms: avg(&a.tok),
+            inference_ms: avg(&a.inf),
+            queue_ms: avg(&a.queue),
+            padding_pct: avg(&a.pad),
+        })
+        .collect();
+    (width, rows)
+}
+
+fn drivers(d: &RunData) -> Vec<DriverRow> {
+    let mut ids: BTreeSet<&str> = measured(&d.calls)
+        .map(|c| c.client.driver_id.as_str())
+        .collect();
+    ids.extend(d.steps.iter().map(|s| s.driver_id.as_str()));
+    ids.extend(d.runs.iter().map(|r| r.driver_id.as_str()));
+    ids.into_iter()
+        .map(|id| {
+            let calls: Vec<_> = measured(&d.calls)
+                .filter(|c| c.client.driver_id == id)
+                .collect();
+            let run = d.runs.iter().find(|r| r.driver_id == id);
+            let host = run
+                .map(|r| r.host.clone())
+                .or_else(|| {
+                    d.steps
+                        .iter()
+                        .find(|s| s.driver_id == id)
+                        .map(|s| s.host.clone())
+                })
+                .unwrap_or_default();
+            DriverRow {
+                driver_id: id.to_string(),
+                host,
+                calls: calls.len(),
+                pairs_sent: calls.iter().map(|c| c.client.pairs).sum(),
+                pairs_ok: calls
+                    .iter()
+                    .filter(|c| c.client.status == "OK")
+                    .map(|c| c.client.pairs)
+                    .sum(),
+                errors: calls.iter().filter(|c| c.client.status != "OK").count(),
+                state: match run {
+                    Some(r) if r.interrupted => "interrupted".into(),
+                    Some(_) => "finished".into(),
+                    None => "lost".into(),
+                },
+                steps_done: d.steps.iter().filter(|s| s.driver_id == id).count(),
+                steps_planned: run.map(|r| r.steps_planned),
+            }
+        })
+        .collect()
+}
+
+/// Builds every figure of the report from one run's records.
+pub fn build(d: &RunData, meta: &Meta) -> Report {
+    let server = d.runs.first().cloned().unwrap_or_default();
+    let backend = if server.backend.is_empty() {
+        "unknown".to_string()
+    } else {
+        server.backend.clone()
+    };
+    let cfgs = configs(d);
+    let (interval, rows) = series(d);
+    let measured_ok: Vec<_> = measured(&d.calls)
+        .filter(|c| c.client.status == "OK")
+        .collect();
+    let mut partial = meta.partial.clone();
+    if partial.is_none() && meta.expect_drivers > 0 && d.runs.len() < meta.expect_drivers {
+        partial = Some(format!(
+            "{} of {} drivers sent their completion record",
+            d.runs.len(),
+            meta.expect_drivers
+        ));
+    }
+    let description = meta.description.clone().unwrap_or_else(|| {
+        format!(
+            "Dynamic batching ({}) with {} backend",
+            if server.batch_policy.is_empty() {
+                "deadline"
+            } else {
+                &server.batch_policy
+            },
+            backend
+        )
+    });
+    Report {
+        title: meta.title.clone(),
+        description,
+        timestamp: utc_timestamp(d.window_unix_ns.0),
+        run_id: d.run_id.clone(),
+        partial,
+        model: if server.model.is_empty() {
+            "unknown (no driver completion record)".into()
+        } else {
+            server.model.clone()
+        },
+        stand_in: server.stand_in,
+        backend,
+        device: if server.device.is_empty() {
+            "unknown".into()
+        } else {
+            server.device.clone()
+        },
+        max_batch: (server.max_batch > 0).then_some(server.max_batch),
+        batch_timeout_ms: (server.max_batch > 0).then_some(server.batch_timeout_ms),
+        batch_policy: server.batch_policy.clone(),
+        overall: overall(&cfgs),
+        dashboard: dashboard(d, &server.backend),
+        configs: cfgs,
+        series_interval_s: interval,
+        series: rows,
+        drivers: drivers(d),
+        notes: Notes {
+            spans_received: d.counters.spans,
+            unknown_spans: d.counters.unknown_spans,
+            malformed_spans: d.counters.malformed_spans,
+            dropped: d.counters.dropped,
+            orphan_server_calls: d.orphan_server_calls,
+            calls_without_server_spans: measured_ok
+                .iter()
+                .filter(|c| !c.server.as_ref().is_some_and(|s| s.rpc))
+                .count(),
+            warmup_calls: d.calls.iter().filter(|c| c.client.warmup).count(),
+        },
+        calls: d.calls.clone(),
+        batches: d.batches.clone(),
+    }
+}
+
+/// Links to the plots beside the markdown (file names, relative).
+#[derive(Debug, Clone, Default)]
+pub struct Plots {
+    pub latency: Option<String>,
+    pub throughput: Option<String>,
+    pub series: Option<String>,
+}
+
+fn na_or(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(x) => format!("{x:.digits$}"),
+        None => "n/a".into(),
+    }
+}
+
+fn dash_or(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(x) => format!("{x:.digits$}"),
+        None => "-".into(),
+    }
+}
+
+fn errors_cell(errors: &BTreeMap<String, usize>) -> String {
+    if errors.is_empty() {
+        return "0".into();
+    }
+    let total: usize = errors.values().sum();
+    let by: Vec<String> = errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    format!("{total} ({})", by.join(", "))
+}
+
+/// The markdown text of the report.
+pub fn markdown(r: &Report, plots: &Plots) -> String {
+    let mut o = String::new();
+    let w = &mut o;
+    let _ = writeln!(w, "# {}\n", r.title);
+    let _ = writeln!(w, "_{}_\n", r.description);
+    if let Some(why) = &r.partial {
+        let _ = writeln!(
+            w,
+            "> **Partial report:** {why}. The figures cover what was received.\n"
+        );
+    }
+    let _ = writeln!(w, "**Timestamp:** {}\n", r.timestamp);
+    let model_note = if r.stand_in {
+        " — offline stand-in: same architecture and cost, deterministic classifier head; its scores are not relevance-trained"
+    } else {
+        ""
+    };
+    let _ = writeln!(w, "**Model:** `{}`{model_note}\n", r.model);
+    let _ = writeln!(
+        w,
+        "**Backend:** `{}` | **Device:** `{}`\n",
+        r.backend, r.device
+    );
+    match (r.max_batch, r.batch_timeout_ms) {
+        (Some(mb), Some(t)) => {
+            let policy = if r.batch_policy.is_empty() {
+                String::new()
+            } else {
+                format!(", policy={}", r.batch_policy)
+            };
+            let _ = writeln!(
+                w,
+                "**Dynamic Batching:** enabled (max_batch={mb}, timeout={t}ms{policy})\n"
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                w,
+                "**Dynamic Batching:** n/a (no driver reported the server's settings)\n"
+            );
+        }
+    }
+    let _ = writeln!(
+        w,
+        "**Run:** `{}` | **Drivers:** {}\n",
+        r.run_id,
+        r.drivers.len()
+    );
+
+    let _ = writeln!(w, "## Results Summary\n");
+    let _ = writeln!(
+        w,
+        "| Batch | Conc | Pairs | Time(s) | Lat Avg | Lat P95 | Lat P99 | TP Avg | TP P95 | Errors |"
+    );
+    let _ = writeln!(
+        w,
+        "|-------|------|-------|---------|---------|---------|---------|--------|--------|--------|"
+    );
+    for c in &r.configs {
+        let l = c.latency_ms;
+        let t = c.throughput;
+        let ms = |v: Option<f64>| {
+            v.map(|x| format!("{x:.1}ms"))
+                .unwrap_or_else(|| "n/a".into())
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            c.batch,
+            c.concurrency,
+            c.pairs,
+            c.time_s,
+            ms(l.map(|d| d.avg)),
+            ms(l.map(|d| d.p95)),
+            ms(l.map(|d| d.p99)),
+            na_or(t.map(|d| d.avg), 1),
+            na_or(t.map(|d| d.p95), 1),
+            errors_cell(&c.errors)
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nLatency in ms as the driver measured it; percentiles by nearest rank.[^pct]\n"
+    );
+    if let Some(p) = &plots.throughput {
+        let _ = writeln!(w, "![Throughput vs concurrency]({p})\n");
+    }
+
+    let _ = writeln!(w, "## Detailed Metrics\n");
+    for c in &r.configs {
+        let _ = writeln!(
+            w,
+            "### Config {}: batch={}, concurrency={}\n",
+            c.index, c.batch, c.concurrency
+        );
+        let _ = writeln!(w, "**Total:** {} pairs in {:.2}s\n", c.pairs, c.time_s);
+        if !c.errors.is_empty() {
+            let _ = writeln!(
+                w,
+                "**Errors:** {} calls ({} pairs): {}\n",
+                c.errors.values().sum::<usize>(),
+                c.pairs_failed,
+                errors_cell(&c.errors)
+            );
+        }
+        if c.late_calls > 0 {
+            let _ = writeln!(
+                w,
+                "**Late sends:** {} calls could not be sent at their intended time (max in flight reached); their latency counts from the intended time.\n",
+                c.late_calls
+            );
+        }
+        for (head, d) in [
+            ("Latency (ms)", c.latency_ms),
+            ("Throughput (pairs/s)", c.throughput),
+        ] {
+            let _ = writeln!(w, "#### {head}");
+            let _ = writeln!(w, "| Metric | Value |\n|--------|-------|");
+            let f = |v: Option<f64>| na_or(v, 2);
+            for (name, v) in [
+                ("Average", d.map(|d| d.avg)),
+                ("Min", d.map(|d| d.min)),
+                ("Max", d.map(|d| d.max)),
+                ("Std Dev", d.map(|d| d.std_dev)),
+                ("P50", d.map(|d| d.p50)),
+                ("P90", d.map(|d| d.p90)),
+                ("P95", d.map(|d| d.p95)),
+                ("P99", d.map(|d| d.p99)),
+            ] {
+                let _ = writeln!(w, "| {name} | {} |", f(v));
+            }
+            let _ = writeln!(w);
+        }
+        let _ = writeln!(w, "#### Latency vs Throughput Analysis\n");
+        let _ = writeln!(
+            w,
+            "| Latency Range | Avg Throughput | Min Throughput | Max Throughput | Count |"
+        );
+        let _ = writeln!(
+            w,
+            "|---------------|----------------|----------------|----------------|-------|"
+        );
+        for b in &c.buckets {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} |",
+                b.label,
+                dash_or(b.avg, 2),
+                dash_or(b.min, 2),
+                dash_or(b.max, 2),
+                b.count
+            );
+        }
+        let _ = writeln!(w);
+        match c.correlation {
+            Some(r) => {
+                let _ = writeln!(
+                    w,
+                    "**Correlation:** {r:.3} (negative correlation expected: lower latency = higher throughput)\n"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    w,
+                    "**Correlation:** n/a (fewer than two successful calls, or no spread in latency)\n"
+                );
+            }
+        }
+    }
+    if let Some(p) = &plots.latency {
+        let _ = writeln!(w, "![Latency distribution per config]({p})\n");
+    }
+
+    let _ = writeln!(w, "## Overall Summary\n");
+    let _ = writeln!(
+        w,
+        "| Metric | Value | Config |\n|--------|-------|--------|"
+    );
+    let ov = &r.overall;
+    let pv = |v: Option<(f64, String)>, unit: &str, digits: usize| match v {
+        Some((x, l)) => format!("{x:.digits$}{unit} | {l}"),
+        None => "n/a | -".into(),
+    };
+    let _ = writeln!(
+        w,
+        "| Best Throughput[^tp] | {} |",
+        pv(ov.best_throughput.clone(), " p/s", 2)
+    );
+    let _ = writeln!(
+        w,
+        "| Best Latency | {} |",
+        pv(ov.best_latency.clone(), "ms", 2)
+    );
+    let _ = writeln!(
+        w,
+        "| Avg Throughput[^tp] | {} | all configs |",
+        ov.avg_throughput
+            .map(|x| format!("{x:.2} p/s"))
+            .unwrap_or_else(|| "n/a".into())
+    );
+    let _ = writeln!(
+        w,
+        "| Avg Latency | {} | all configs |\n",
+        ov.avg_latency
+            .map(|x| format!("{x:.2}ms"))
+            .unwrap_or_else(|| "n/a".into())
+    );
+
+    let _ = writeln!(w, "## Dashboard Metrics Summary\n");
+    let _ = writeln!(
+        w,
+        "| Metric | Avg | Min | Max | P50 | P95 |\n|--------|-----|-----|-----|-----|-----|"
+    );
+    let mut footnotes: Vec<(String, String)> = Vec::new();
+    for row in &r.dashboard {
+        match (&row.dist, &row.why_na) {
+            (Some(d), _) => {
+                let _ = writeln!(
+                    w,
+                    "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                    row.metric, d.avg, d.min, d.max, d.p50, d.p95
+                );
+            }
+            (None, why) => {
+                let key = format!("na{}", footnotes.len() + 1);
+                footnotes.push((
+                    key.clone(),
+                    format!("{}: {}.", row.metric, why.clone().unwrap_or_default()),
+                ));
+                let _ = writeln!(
+                    w,
+                    "| {} | n/a[^{key}] | n/a | n/a | n/a | n/a |",
+                    row.metric
+                );
+            }
+        }
+    }
+    let _ = writeln!(w);
+
+    let _ = writeln!(w, "## Dashboard Time-Series Data\n");
+    if let Some(p) = &plots.series {
+        let _ = writeln!(w, "![Time series]({p})\n");
+    }
+    let _ = writeln!(
+        w,
+        "| Index | GPU Mem (MB) | GPU Util (%) | CPU (%) | Latency (ms) | Throughput | Tokenize (ms) | Inference (ms) | Queue (ms) | Padding (%) |"
+    );
+    let _ = writeln!(
+        w,
+        "|-----|-----|-----|-----|-----|-----|-----|-----|-----|-----|"
+    );
+    let mem_na = r
+        .dashboard
+        .iter()
+        .find(|d| d.metric.starts_with("GPU Memory"))
+        .is_some_and(|d| d.dist.is_none());
+    let util_na = r
+        .dashboard
+        .iter()
+        .find(|d| d.metric.starts_with("GPU Util"))
+        .is_some_and(|d| d.dist.is_none());
+    for s in &r.series {
+        let cell = |v: Option<f64>, na: bool| if na { "n/a".to_string() } else { dash_or(v, 1) };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+            s.index,
+            cell(s.gpu_mem_mb, mem_na),
+            cell(s.gpu_util_pct, util_na),
+            dash_or(s.cpu_pct, 1),
+            dash_or(s.latency_ms, 1),
+            s.throughput,
+            dash_or(s.tokenize_ms, 1),
+            dash_or(s.inference_ms, 1),
+            dash_or(s.queue_ms, 1),
+            dash_or(s.padding_pct, 1),
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nOne row per {:.0} s from the run's first call; Throughput is pairs completed in the interval per second; \
+         latency, tokenize and queue average the calls completed in it, inference and padding the batches started in it; \
+         `-` means nothing happened in that interval.\n",
+        r.series_interval_s
+    );
+
+    let _ = writeln!(w, "## Drivers\n");
+    let _ = writeln!(
+        w,
+        "| Driver | Host | Calls | Pairs Sent | Pairs OK | Errors | Steps | State |\n|--------|------|-------|------------|----------|--------|-------|-------|"
+    );
+    for d in &r.drivers {
+        let steps = match d.steps_planned {
+            Some(p) => format!("{}/{p}", d.steps_done),
+            None => format!("{}/?", d.steps_done),
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            d.driver_id, d.host, d.calls, d.pairs_sent, d.pairs_ok, d.errors, steps, d.state
+        );
+    }
+    let lost: Vec<&str> = r
+        .drivers
+        .iter()
+        .filter(|d| d.state == "lost")
+        .map(|d| d.driver_id.as_str())
+        .collect();
+    if !lost.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n**Lost drivers:** {} — no completion record arrived; the table shows the calls they completed before.",
+            lost.join(", ")
+        );
+    }
+    let _ = writeln!(w);
+
+    let n = &r.notes;
+    let _ = writeln!(w, "## Notes\n");
+    let _ = writeln!(
+        w,
+        "- Latency is the driver's: from sending (closed loop) or from the intended send time (open loop). Per-call throughput is pairs / latency. Failed calls are left out of latency and throughput and counted under Errors."
+    );
+    let _ = writeln!(
+        w,
+        "- {} warm-up calls were sent and left out of every figure.",
+        n.warmup_calls
+    );
+    let _ = writeln!(
+        w,
+        "- Spans received: {}; unknown (ignored): {}; malformed (ignored): {}; dropped at the memory cap: {}.",
+        n.spans_received, n.unknown_spans, n.malformed_spans, n.dropped
+    );
+    let _ = writeln!(
+        w,
+        "- Server calls without a client span (orphans, counted, not assigned to a config): {}. Successful calls whose server spans never arrived: {}.",
+        n.orphan_server_calls, n.calls_without_server_spans
+    );
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "[^pct]: Percentiles are nearest-rank over every measured call: the smallest latency with at least p% of calls at or below it, so each one is a measured value, never interpolated; several drivers' calls are merged first, never averaged. Std Dev is the population standard deviation."
+    );
+    let _ = writeln!(
+        w,
+        "[^tp]: Throughput here is the config's Pairs / Time(s), what the server sustained; TP Avg and TP P95 above are per call (pairs / latency)."
+    );
+    for (k, text) in footnotes {
+        let _ = writeln!(w, "[^{k}]: {text}");
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_timestamps_by_hand() {
+        assert_eq!(utc_timestamp(0), "1970-01-01 00:00:00");
+        // 2025-12-26 02:21:32 UTC = 1766715692 s.
+        assert_eq!(
+            utc_timestamp(1_766_715_692_000_000_000),
+            "2025-12-26 02:21:32"
+        );
+        // A leap day: 2024-02-29 12:00:00 UTC = 1709208000 s.
+        assert_eq!(
+            utc_timestamp(1_709_208_000_000_000_000),
+            "2024-02-29 12:00:00"
+        );
+    }
+
+    #[test]
+    fn interval_is_whole_seconds_and_at_most_sixty_rows() {
+        assert_eq!(series_interval_s(7.1), 1.0);
+        assert_eq!(series_interval_s(60.0), 1.0);
+        assert_eq!(series_interval_s(61.0), 2.0);
+        assert_eq!(series_interval_s(600.0), 10.0);
+    }
+}

@@ -1,0 +1,206 @@
+//! The collector process: the OTLP receiver on a listener, and the loop that writes a
+//! run's report once every expected driver has sent its completion record and the
+//! run's spans have arrived (or a grace period has passed), or, on shutdown, a
+//! partial report of whatever is in flight.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+use tokio::net::TcpListener;
+
+use crossbatch_proto::v1::coordinator_server::CoordinatorServer;
+
+use crate::coordinate::{Coordination, CoordinatorService};
+use crate::receiver::{Receiver, Shared, spawn_forwarder};
+use crate::report::{Meta, build};
+use crate::spans_file::SpansWriter;
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+pub struct CollectConfig {
+    pub out_dir: PathBuf,
+    pub name: String,
+    pub description: Option<String>,
+    /// Completion records to wait for per run.
+    pub expect_drivers: usize,
+    /// After the last completion record, how long to wait for stragglers (client
+    /// spans still in an exporter's queue, the server's last spans).
+    pub grace: Duration,
+    /// Exit after the first report.
+    pub once: bool,
+    pub max_records: usize,
+    pub forward: Option<String>,
+    pub spans_out: Option<PathBuf>,
+    /// How long coordinated drivers have to join before the run fails.
+    pub join_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error(transparent)]
+    SpansFile(#[from] crate::spans_file::SpansFileError),
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
+    #[error("OTLP receiver: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("run {run_id} failed: {reason}")]
+    RunFailed { run_id: String, reason: String },
+}
+
+/// Writes the report of one run and forgets its records.
+fn report_run(
+    shared: &Shared,
+    cfg: &CollectConfig,
+    run_id: &str,
+    partial: Option<String>,
+) -> Result<PathBuf, CollectorError> {
+    let data = shared.store().run_data(run_id);
+    let meta = Meta {
+        title: cfg.name.clone(),
+        description: cfg.description.clone(),
+        partial,
+        expect_drivers: cfg.expect_drivers,
+    };
+    let report = build(&data, &meta);
+    let path = crate::output::write(&cfg.out_dir, &cfg.name, &report)?;
+    shared.store().forget(run_id, data.window_unix_ns.1);
+    Ok(path)
+}
+
+/// Serves OTLP on `listener` and writes reports until `shutdown` resolves (then a
+/// partial report of every unfinished run) or, with `once`, after the first report.
+/// Returns the markdown paths written, each also printed on stdout.
+pub async fn serve(
+    cfg: CollectConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Vec<PathBuf>, CollectorError> {
+    let spans_out = cfg
+        .spans_out
+        .as_deref()
+        .map(SpansWriter::create)
+        .transpose()?;
+    let forward = cfg.forward.clone().map(spawn_forwarder);
+    let shared = Shared::new(Store::new(cfg.max_records), spans_out, forward);
+    let receiver = Receiver(Arc::clone(&shared));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let coord = Coordination::new(cfg.expect_drivers, cfg.join_timeout, Arc::clone(&wake));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let incoming = tokio_stream_listener(listener);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            // Pings find a driver whose network was cut (no FIN ever arrives).
+            .http2_keepalive_interval(Some(Duration::from_secs(2)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(4)))
+            .add_service(CoordinatorServer::new(CoordinatorService(Arc::clone(
+                &coord,
+            ))))
+            .add_service(
+                TraceServiceServer::new(receiver.clone()).max_decoding_message_size(64 << 20),
+            )
+            .add_service(MetricsServiceServer::new(receiver).max_decoding_message_size(64 << 20))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            }),
+    );
+    let mut written = Vec::new();
+    let mut complete_since: HashMap<String, Instant> = HashMap::new();
+    tokio::pin!(shutdown);
+    let result = loop {
+        let stopping = tokio::select! {
+            _ = shared.changed.notified() => false,
+            _ = wake.notified() => false,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => false,
+            _ = &mut shutdown => true,
+        };
+        if stopping {
+            let runs = shared.store().run_ids();
+            let mut r = Ok(());
+            for run in runs {
+                match report_run(
+                    &shared,
+                    &cfg,
+                    &run,
+                    Some("the collector was stopped before the run finished".into()),
+                ) {
+                    Ok(p) => {
+                        println!("{}", p.display());
+                        written.push(p);
+                    }
+                    Err(e) => r = Err(e),
+                }
+            }
+            break r;
+        }
+        if let Some((run_id, reason)) = coord.failed_runs().into_iter().next() {
+            coord.forget(&run_id);
+            if cfg.once {
+                break Err(CollectorError::RunFailed { run_id, reason });
+            }
+            continue;
+        }
+        let mut ready = Vec::new();
+        {
+            let store = shared.store();
+            for run in store.run_ids() {
+                // Lost drivers (coordinated runs) will never send their record.
+                let lost = coord.state(&run).map(|s| s.lost.len()).unwrap_or(0);
+                if store.finished_drivers(&run) + lost < cfg.expect_drivers.max(1) {
+                    continue;
+                }
+                let since = *complete_since
+                    .entry(run.clone())
+                    .or_insert_with(Instant::now);
+                let (missing, unjoined) = store.outstanding(&run);
+                if missing == 0 && unjoined == 0 {
+                    ready.push((run, None));
+                } else if since.elapsed() >= cfg.grace {
+                    let partial = (missing > 0).then(|| {
+                        format!("{missing} client spans the drivers reported never reached the collector")
+                    });
+                    ready.push((run, partial));
+                }
+            }
+        }
+        let mut done = false;
+        let mut r = Ok(());
+        for (run, partial) in ready {
+            complete_since.remove(&run);
+            let lost = coord.state(&run).map(|s| s.lost).unwrap_or_default();
+            coord.forget(&run);
+            let partial = match (partial, lost.is_empty()) {
+                (p, true) => p,
+                (None, false) => Some(format!("lost driver(s): {}", lost.join(", "))),
+                (Some(p), false) => Some(format!("{p}; lost driver(s): {}", lost.join(", "))),
+            };
+            match report_run(&shared, &cfg, &run, partial) {
+                Ok(p) => {
+                    println!("{}", p.display());
+                    written.push(p);
+                    done |= cfg.once;
+                }
+                Err(e) => r = Err(e),
+            }
+        }
+        if r.is_err() || done {
+            break r;
+        }
+    };
+    let _ = stop_tx.send(());
+    if let Ok(Err(e)) = server.await {
+        return Err(e.into());
+    }
+    result.map(|()| written)
+}
+
+/// Accepted connections of `listener` as the stream tonic serves.
+fn tokio_stream_listener(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}

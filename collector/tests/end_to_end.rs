@@ -1,0 +1,279 @@
+//! A whole run on loopback: the real collector, the real server (stand-in, CPU
+//! backend) exporting to it, the driver library sending two configs with client spans.
+//! The report has every section, its latency percentiles equal the driver's own from
+//! the same calls, and `report --spans` rebuilds the same figures offline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use crossbatch_collector::serve::{CollectConfig, serve};
+use crossbatch_driver::load::{Mode, StepConfig, wait_serving};
+use crossbatch_driver::telemetry::{ClientTelemetry, Identity, ServerInfo};
+use crossbatch_driver::{sweep, workload};
+use crossbatch_proto::v1::InfoRequest;
+use crossbatch_proto::v1::cross_encoder_client::CrossEncoderClient;
+use crossbatch_server::serve::ServeArgs;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_through_server_driver_and_collector_gives_the_full_report() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let reports = dir.path().join("reports");
+    let spans = dir.path().join("spans.jsonl");
+
+    // The collector.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let otlp = format!("http://{}", listener.local_addr().expect("addr"));
+    let cfg = CollectConfig {
+        out_dir: reports.clone(),
+        name: "e2e".into(),
+        description: None,
+        expect_drivers: 1,
+        grace: Duration::from_secs(15),
+        once: true,
+        max_records: 1_000_000,
+        forward: None,
+        spans_out: Some(spans.clone()),
+        join_timeout: Duration::from_secs(60),
+    };
+    let collector = tokio::spawn(serve(cfg, listener, std::future::pending()));
+
+    // The server, exporting spans and resource samples to the collector.
+    let telemetry = crossbatch_server::telemetry::init(
+        "crossbatch-server",
+        Some(&otlp),
+        Duration::from_millis(200),
+    )
+    .expect("server telemetry");
+    let model = crossbatch_server::standin::ensure(&crossbatch_server::standin::default_dir())
+        .expect("stand-in");
+    let args = ServeArgs::try_parse_from([
+        "serve",
+        "--model",
+        model.to_str().expect("utf-8"),
+        "--backend",
+        "cpu",
+        "--batch-timeout-ms",
+        "5",
+        "--sample-interval-ms",
+        "100",
+    ])
+    .expect("args");
+    let server_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let target = format!("http://{}", server_listener.local_addr().expect("addr"));
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crossbatch_server::serve::serve(
+        args,
+        server_listener,
+        async move {
+            let _ = server_stopped.await;
+        },
+    ));
+    let ch = wait_serving(&target, Duration::from_secs(120))
+        .await
+        .expect("serving");
+    let info = CrossEncoderClient::new(ch.clone())
+        .info(InfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+
+    // The driver: two configs, warm-up calls, spans to the collector.
+    let client = Arc::new(
+        ClientTelemetry::new(
+            &otlp,
+            Identity {
+                run_id: "e2e-run".into(),
+                driver_id: "d0".into(),
+                host: "localhost".into(),
+            },
+        )
+        .expect("client telemetry"),
+    );
+    let sweep_cfg = sweep::SweepConfig {
+        template: StepConfig {
+            step: 0,
+            batch: 1,
+            concurrency: 1,
+            pairs: 48,
+            warmup_calls: 2,
+            deadline: None,
+            mode: Mode::Closed,
+            run_id: "e2e-run".into(),
+            driver_id: "d0".into(),
+        },
+        batches: vec![4],
+        concurrencies: vec![1, 3],
+        progress_every: Duration::ZERO,
+    };
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let result = sweep::run(
+        ch,
+        Arc::new(workload::synthetic(40, 7)),
+        &sweep_cfg,
+        stop,
+        Some(Arc::clone(&client)),
+        ServerInfo {
+            model: info.model_id,
+            stand_in: info.stand_in,
+            backend: info.backend,
+            device: info.device,
+            max_batch: info.max_batch,
+            batch_timeout_ms: info.batch_timeout_ms,
+            batch_policy: info.batch_policy,
+            version: info.version,
+        },
+        None,
+    )
+    .await;
+    Arc::into_inner(client)
+        .expect("sole owner")
+        .shutdown()
+        .expect("client spans exported");
+
+    let paths = tokio::time::timeout(Duration::from_secs(60), collector)
+        .await
+        .expect("the collector writes the report once the run is whole")
+        .expect("collector task")
+        .expect("collector");
+    assert_eq!(paths.len(), 1, "{paths:?}");
+    let md = std::fs::read_to_string(&paths[0]).expect("markdown");
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(paths[0].with_extension("json")).expect("json"),
+    )
+    .expect("valid json");
+
+    // Every section, in the example's order, and the header facts.
+    let mut at = 0;
+    for heading in [
+        "# e2e\n",
+        "**Timestamp:** ",
+        "**Model:** `",
+        "**Backend:** `cpu` | **Device:** `",
+        "**Dynamic Batching:** enabled (max_batch=96, timeout=5ms",
+        "## Results Summary",
+        "| Batch | Conc | Pairs | Time(s) | Lat Avg | Lat P95 | Lat P99 | TP Avg | TP P95 | Errors |",
+        "## Detailed Metrics",
+        "### Config 1: batch=4, concurrency=1",
+        "#### Latency (ms)",
+        "#### Throughput (pairs/s)",
+        "#### Latency vs Throughput Analysis",
+        "**Correlation:**",
+        "### Config 2: batch=4, concurrency=3",
+        "## Overall Summary",
+        "| Best Throughput",
+        "## Dashboard Metrics Summary",
+        "| GPU Memory (MB) | n/a",
+        "| CPU Usage (%) |",
+        "| Tokenization (ms) |",
+        "| Inference (ms) |",
+        "| Queue Wait (ms) |",
+        "| Padding Waste (%) |",
+        "## Dashboard Time-Series Data",
+        "| Index | GPU Mem (MB) | GPU Util (%) | CPU (%) | Latency (ms) | Throughput | Tokenize (ms) | Inference (ms) | Queue (ms) | Padding (%) |",
+        "## Drivers",
+        "| d0 | localhost |",
+        "[^pct]: Percentiles are nearest-rank",
+    ] {
+        let found = md[at..]
+            .find(heading)
+            .unwrap_or_else(|| panic!("`{heading}` missing (or out of order) in:\n{md}"));
+        at += found + heading.len();
+    }
+    assert!(md.contains("offline stand-in"), "the stand-in is named");
+    assert!(!md.contains("Partial report"), "{md}");
+    assert!(
+        md.contains("[^na1]: GPU Memory (MB): the CPU backend has no device memory"),
+        "n/a is footnoted"
+    );
+
+    // Exact counts, and the driver's own percentiles from the same calls.
+    let configs = json["configs"].as_array().expect("configs");
+    assert_eq!(configs.len(), 2);
+    assert_eq!(result.summaries.len(), 2);
+    for (c, s) in configs.iter().zip(&result.summaries) {
+        assert_eq!(c["pairs"], 48);
+        assert_eq!(c["calls"], 12);
+        assert_eq!(c["concurrency"].as_u64(), Some(s.concurrency as u64));
+        let lat = &c["latency_ms"];
+        for (k, want) in [
+            ("p50", s.latency_ms.p50),
+            ("p90", s.latency_ms.p90),
+            ("p95", s.latency_ms.p95),
+            ("p99", s.latency_ms.p99),
+            ("max", s.latency_ms.max),
+        ] {
+            assert_eq!(lat[k].as_f64(), Some(want), "{k} of {c}");
+        }
+        let avg = lat["avg"].as_f64().expect("avg");
+        assert!(
+            (avg - s.latency_ms.avg).abs() < 1e-9,
+            "{avg} vs {}",
+            s.latency_ms.avg
+        );
+        assert!((c["time_s"].as_f64().expect("time") - s.wall_s).abs() < 1e-9);
+        assert_eq!(c["buckets"].as_array().map(Vec::len), Some(4));
+    }
+    let notes = &json["notes"];
+    assert_eq!(notes["warmup_calls"], 4);
+    assert_eq!(notes["calls_without_server_spans"], 0, "every call joined");
+    assert_eq!(notes["orphan_server_calls"], 0);
+    let calls = json["calls"].as_array().expect("calls");
+    assert_eq!(calls.len(), 28, "24 measured + 4 warm-up records");
+    for c in calls.iter().filter(|c| c["warmup"] == false) {
+        let s = &c["server"];
+        assert!(s["tokenize_ms"].as_f64().is_some(), "{c}");
+        assert!(s["inference_ms"].as_f64().is_some(), "{c}");
+        assert!(!s["batch_ids"].as_array().expect("ids").is_empty());
+    }
+    let dash = json["dashboard"].as_array().expect("dashboard");
+    let row = |name: &str| {
+        dash.iter()
+            .find(|r| r["metric"] == name)
+            .unwrap_or_else(|| panic!("{name} row"))
+    };
+    assert!(row("GPU Memory (MB)")["dist"].is_null());
+    for name in [
+        "Host Memory (MB)",
+        "CPU Usage (%)",
+        "Tokenization (ms)",
+        "Inference (ms)",
+        "Queue Wait (ms)",
+        "Padding Waste (%)",
+    ] {
+        assert!(row(name)["dist"].is_object(), "{name} measured");
+    }
+    for svg in ["latency", "throughput", "series"] {
+        let p = paths[0].with_file_name(format!(
+            "{}-{svg}.svg",
+            paths[0].file_stem().and_then(|s| s.to_str()).expect("stem")
+        ));
+        let text = std::fs::read_to_string(&p).expect("svg");
+        assert!(text.starts_with("<svg"), "{}", p.display());
+        assert!(md.contains(&format!(
+            "]({})",
+            p.file_name().and_then(|f| f.to_str()).expect("name")
+        )));
+    }
+
+    // Offline: the saved spans give the same figures.
+    let again = dir.path().join("again");
+    let offline = crossbatch_collector::offline_report(&spans, &again, "e2e", None, None, 1)
+        .expect("offline");
+    assert_eq!(offline.len(), 1);
+    let json2: Value = serde_json::from_str(
+        &std::fs::read_to_string(offline[0].with_extension("json")).expect("json"),
+    )
+    .expect("valid json");
+    assert_eq!(json2["configs"], json["configs"]);
+    assert_eq!(json2["calls"].as_array().map(Vec::len), Some(28));
+
+    let _ = stop_server.send(());
+    let _ = server.await;
+    drop(telemetry);
+}
