@@ -40,6 +40,18 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Served throughput and overheads: the server in process, closed-loop load on loopback.
     BenchServe(BenchServeArgs),
+    /// Exit 0 when a server's health is SERVING, 1 otherwise (container healthchecks).
+    Health(HealthArgs),
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// Seconds to wait for an answer.
+    #[arg(long, default_value_t = 2)]
+    timeout: u64,
 }
 
 #[derive(Args)]
@@ -145,6 +157,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => run_bench(args),
         Command::Serve(args) => run_serve(args),
         Command::BenchServe(args) => run_bench_serve(args),
+        Command::Health(args) => health(args),
     };
     match result {
         Ok(code) => code,
@@ -451,4 +464,44 @@ fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
         }
         Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
     })
+}
+
+fn health(args: HealthArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let status = rt.block_on(async {
+        let check = async {
+            let ch = tonic::transport::Channel::from_shared(args.target.clone())?
+                .connect()
+                .await?;
+            let r = tonic_health::pb::health_client::HealthClient::new(ch)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "crossbatch.v1.CrossEncoder".into(),
+                })
+                .await?;
+            Ok::<_, anyhow::Error>(r.into_inner().status)
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(args.timeout), check).await
+    });
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    match status {
+        Ok(Ok(s)) if s == serving => {
+            println!("SERVING");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Ok(s)) => {
+            println!("not serving (status {s})");
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(Err(e)) => {
+            println!("unreachable: {e:#}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(_) => {
+            println!("no answer within {} s", args.timeout);
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
