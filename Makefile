@@ -13,7 +13,12 @@ REPEAT ?= 3
 CUBECL_AUTOTUNE_LEVEL ?= minimal
 export CUBECL_AUTOTUNE_LEVEL
 
-.PHONY: all build test bench standin deps fmt clippy
+.PHONY: all build test test-compose bench bench-model bench-compose standin deps fmt clippy
+
+# `make bench` settings (see scripts/bench.sh): e.g. make bench SWEEP="batch=1,8,32 conc=1,4,16"
+export NAME SWEEP MODEL BACKEND MAX_BATCH BATCH_TIMEOUT_MS POLICY WORKLOAD WARMUP REPORTS
+# `make bench-compose` settings (see scripts/compose.sh): e.g. make bench-compose DRIVERS=3
+export DRIVERS BATCH CONC PAIRS OFFLINE
 
 all: build
 
@@ -35,11 +40,33 @@ clippy:
 
 test: deps fmt clippy standin
 	$(CARGO) test --release --workspace
+	@$(MAKE) --no-print-directory test-compose
 
-# Until the collector lands, the main job is the offline model bench + the served bench.
+# Containers: 3 drivers in one coordinated run, then one driver killed mid-run.
+# Needs a Docker engine with docker-compose; CROSSBATCH_SKIP_COMPOSE=1 skips it
+# (said loudly) on a machine without one. CI does not skip it.
+test-compose: build standin
+	@if [[ "$${CROSSBATCH_SKIP_COMPOSE:-}" == 1 ]]; then \
+	    echo "test-compose: SKIPPED (CROSSBATCH_SKIP_COMPOSE=1)"; \
+	else \
+	    env -u DRIVERS -u BATCH -u CONC -u PAIRS -u NAME scripts/test-compose.sh; \
+	fi
+
+# The main job: collector + server + driver on loopback, one run, reports/<name>-<ts>.md
+# with its SVG plots and JSON (seed config: batch 8, concurrency 1, 800 pairs; server
+# max_batch 96, timeout 20 ms).
 bench: standin
+	@scripts/bench.sh
+
+# N coordinated drivers in containers (docker-compose), report in ./reports.
+bench-compose: build standin
+	@scripts/compose.sh
+
+# The model alone (offline forward passes per batch size) and the served throughput
+# and overheads on loopback, as text.
+bench-model: standin
 	@mkdir -p $(REPORTS)
-	@out=$(REPORTS)/bench-$$(date +%Y%m%d-%H%M%S); \
+	@out=$(REPORTS)/model-$$(date +%Y%m%d-%H%M%S); \
 	{ echo "## Offline forward"; $(SERVER) bench --repeat $(REPEAT) --json $$out.json; \
 	  echo "## Served (loopback)"; $(SERVER) bench-serve; } | tee $$out.md && \
 	echo "report: $$out.md"

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# `make bench`: collector + server + driver on loopback, one run, one report.
+# Everything started here is stopped on exit, failure or Ctrl-C included.
+#
+# Environment (all optional; `make bench` passes them through):
+#   NAME=bench                       report name: reports/<NAME>-<timestamp>.md
+#   SWEEP="batch=8 conc=1 pairs=800" the sweep (comma lists: batch=1,8,32 conc=1,4,16)
+#   MODEL=cross-encoder/ms-marco-MiniLM-L-6-v2   (the stand-in when the hub is unreachable)
+#   BACKEND=auto  MAX_BATCH=96  BATCH_TIMEOUT_MS=20  POLICY=deadline
+#   WORKLOAD=<jsonl|tsv|synthetic>   default: ../shared/reference/bench-800.jsonl if present
+#   REPORTS=reports  WARMUP=0 (calls per config left out of the figures)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NAME=${NAME:-bench}
+SWEEP=${SWEEP:-}
+MODEL=${MODEL:-cross-encoder/ms-marco-MiniLM-L-6-v2}
+BACKEND=${BACKEND:-auto}
+MAX_BATCH=${MAX_BATCH:-96}
+BATCH_TIMEOUT_MS=${BATCH_TIMEOUT_MS:-20}
+POLICY=${POLICY:-deadline}
+REPORTS=${REPORTS:-reports}
+WARMUP=${WARMUP:-0}
+if [[ -z "${WORKLOAD:-}" ]]; then
+    if [[ -f ../shared/reference/bench-800.jsonl ]]; then
+        WORKLOAD=../shared/reference/bench-800.jsonl
+    else
+        WORKLOAD=synthetic
+    fi
+fi
+BIN="${CARGO_TARGET_DIR:-target}/release"
+
+batch=8 conc=1 pairs=800
+for kv in $SWEEP; do
+    case "$kv" in
+        batch=*) batch=${kv#batch=} ;;
+        conc=* | concurrency=*) conc=${kv#*=} ;;
+        pairs=*) pairs=${kv#pairs=} ;;
+        *) echo "error: SWEEP item '$kv' is not batch=…, conc=… or pairs=…" >&2; exit 2 ;;
+    esac
+done
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+COLLECTOR=127.0.0.1:$(free_port)
+SERVER=127.0.0.1:$(free_port)
+mkdir -p "$REPORTS"
+ts=$(date -u +%Y%m%d-%H%M%S)
+run_id="$NAME-$ts"
+logs="$REPORTS/$run_id.logs"
+mkdir -p "$logs"
+
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    for p in "${pids[@]}"; do
+        wait "$p" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$BIN/crossbatch-collector" serve --listen "$COLLECTOR" --out "$REPORTS" --name "$NAME" \
+    --expect-drivers 1 --once --spans-out "$logs/spans.jsonl" \
+    >"$logs/collector.out" 2>"$logs/collector.log" &
+collector_pid=$!
+pids+=("$collector_pid")
+
+"$BIN/crossbatch-server" serve --model "$MODEL" --backend "$BACKEND" --listen "$SERVER" \
+    --max-batch "$MAX_BATCH" --batch-timeout-ms "$BATCH_TIMEOUT_MS" --batch-policy "$POLICY" \
+    --otlp-endpoint "http://$COLLECTOR" 2>"$logs/server.log" &
+pids+=("$!")
+
+echo "bench: collector $COLLECTOR, server $SERVER, sweep batch=$batch conc=$conc pairs=$pairs, workload $WORKLOAD" >&2
+driver_rc=0
+"$BIN/crossbatch-driver" run --target "http://$SERVER" --batch "$batch" --concurrency "$conc" \
+    --pairs "$pairs" --warmup "$WARMUP" --workload "$WORKLOAD" --run-id "$run_id" \
+    --driver-id "driver-0" --connect-timeout 600 --otlp-endpoint "http://$COLLECTOR" \
+    --samples-out "$logs/samples.jsonl" || driver_rc=$?
+
+if [[ $driver_rc -ne 0 ]]; then
+    echo "bench: the driver failed (exit $driver_rc); asking the collector for a partial report" >&2
+    kill -TERM "$collector_pid" 2>/dev/null || true
+fi
+# The collector exits after the report (it waits for the server's last spans first).
+for _ in $(seq 1 300); do
+    kill -0 "$collector_pid" 2>/dev/null || break
+    sleep 0.2
+done
+if kill -0 "$collector_pid" 2>/dev/null; then
+    echo "bench: no complete run after 60 s; asking the collector for a partial report" >&2
+    kill -TERM "$collector_pid" 2>/dev/null || true
+fi
+collector_rc=0
+wait "$collector_pid" || collector_rc=$?
+report=$(tail -n 1 "$logs/collector.out" 2>/dev/null || true)
+if [[ -z "$report" || ! -f "$report" ]]; then
+    echo "error: no report was written (collector exit $collector_rc); logs in $logs/" >&2
+    exit 1
+fi
+echo "report: $report"
+echo "logs, spans and raw samples: $logs/"
+exit "$driver_rc"
