@@ -46,8 +46,10 @@ done
 
 # The model: the offline stand-in unless MODEL_DIR/MODEL say otherwise.
 if [[ -z "${MODEL_DIR:-}" ]]; then
-    MODEL_DIR=$("$BIN/crossbatch-server" model stand-in 2>/dev/null | tail -n 1)
-    export MODEL=/models
+    standin=$("$BIN/crossbatch-server" model stand-in 2>/dev/null | tail -n 1)
+    # Mount its parent so the report names the model by its directory's name.
+    MODEL_DIR=$(dirname "$standin")
+    export MODEL="/models/$(basename "$standin")"
 fi
 export MODEL_DIR
 

@@ -260,3 +260,57 @@ async fn drops_past_the_memory_cap_are_counted_and_named() {
     assert!(md.contains("dropped at the memory cap: 3"), "{md}");
     assert!(md.contains("| 2 | 1 | 10 |"), "5 calls kept: {md}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_passes_every_export_on_unchanged() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // The forward target: a second collector (any OTLP receiver would do).
+    let mut target = start(&dir.path().join("target"), 1_000_000).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let spans = dir.path().join("spans.jsonl");
+    let cfg = CollectConfig {
+        out_dir: dir.path().join("front"),
+        name: "front".into(),
+        description: None,
+        expect_drivers: 1,
+        grace: Duration::from_secs(1),
+        once: false,
+        max_records: 1_000_000,
+        forward: Some(target.url.clone()),
+        spans_out: Some(spans.clone()),
+        join_timeout: Duration::from_secs(60),
+    };
+    let (stop_front, front_stopped) = tokio::sync::oneshot::channel::<()>();
+    let front = tokio::spawn(serve(cfg, listener, async move {
+        let _ = front_stopped.await;
+    }));
+    let mut traces = TraceServiceClient::connect(url).await.expect("connect");
+    for n in 1..=4u8 {
+        traces
+            .export(export(vec![client_span(n, 1000 * n as i64)]))
+            .await
+            .expect("export");
+    }
+    // Forwarding is asynchronous: give it a moment, then stop both.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop_front.send(());
+    front.await.expect("task").expect("front");
+    let _ = target.stop.take().map(|t| t.send(()));
+    let paths = (&mut target.task).await.expect("task").expect("target");
+    let md = std::fs::read_to_string(&paths[0]).expect("md");
+    assert!(md.contains("| 2 | 1 | 8 |"), "all 4 calls forwarded: {md}");
+    // And the spans file holds the 4 exports as OTLP JSON.
+    let text = std::fs::read_to_string(&spans).expect("spans file");
+    assert_eq!(text.lines().count(), 4);
+    assert!(
+        text.lines().all(|l| l.starts_with("{\"resourceSpans\":")),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"traceId\":\"01010101010101010101010101010101\""),
+        "hex ids: {text}"
+    );
+}
