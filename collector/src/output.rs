@@ -7,7 +7,7 @@ use crate::report::{Plots, Report, markdown};
 use crate::svg;
 
 #[derive(Debug, thiserror::Error)]
-#[error("writing {path}: {source}")]
+#[error("writing {path}")]
 pub struct OutputError {
     path: PathBuf,
     source: std::io::Error,

@@ -46,7 +46,7 @@ pub enum CollectorError {
     SpansFile(#[from] crate::spans_file::SpansFileError),
     #[error(transparent)]
     Output(#[from] crate::output::OutputError),
-    #[error("OTLP receiver: {0}")]
+    #[error("OTLP receiver")]
     Transport(#[from] tonic::transport::Error),
     #[error("run {run_id} failed: {reason}")]
     RunFailed { run_id: String, reason: String },

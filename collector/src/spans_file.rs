@@ -13,7 +13,7 @@ use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpansFileError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

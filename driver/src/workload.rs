@@ -39,7 +39,7 @@ pub struct Pair {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: String,
         source: std::io::Error,
