@@ -137,8 +137,6 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("listening on {}", a.listen))?;
         tracing::info!(listen = %a.listen, expect_drivers = a.naming.expect_drivers, "collector receiving OTLP/gRPC");
         let cfg = CollectConfig {
-            out_dir: a.naming.out,
-            name: a.naming.name,
             description: a.naming.description,
             expect_drivers: a.naming.expect_drivers,
             grace: Duration::from_millis(a.grace_ms),
@@ -148,6 +146,7 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             forward: a.forward.filter(|f| !f.is_empty()),
             spans_out: a.spans_out.filter(|p| !p.as_os_str().is_empty()),
             join_timeout: Duration::from_secs(a.join_timeout_s),
+            ..CollectConfig::new(a.naming.out, a.naming.name)
         };
         serve(cfg, listener, shutdown_signal()).await?;
         Ok(())

@@ -89,17 +89,28 @@ impl Shared {
 #[derive(Clone)]
 pub struct Receiver(pub Arc<Shared>);
 
+impl Receiver {
+    /// Stores one export, keeps it in the spans file, forwards it, wakes the report loop.
+    fn accept<T: serde::Serialize>(
+        &self,
+        req: T,
+        ingest: impl FnOnce(&mut Store, &T),
+        wrap: fn(T) -> Export,
+    ) {
+        ingest(&mut self.0.store(), &req);
+        self.0.write_out(serde_json::to_string(&req));
+        self.0.pass_on(wrap(req));
+        self.0.changed.notify_one();
+    }
+}
+
 #[tonic::async_trait]
 impl TraceService for Receiver {
     async fn export(
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let req = request.into_inner();
-        self.0.store().ingest_traces(&req);
-        self.0.write_out(serde_json::to_string(&req));
-        self.0.pass_on(Export::Traces(req));
-        self.0.changed.notify_one();
+        self.accept(request.into_inner(), Store::ingest_traces, Export::Traces);
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -110,66 +121,34 @@ impl MetricsService for Receiver {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let req = request.into_inner();
-        self.0.store().ingest_metrics(&req);
-        self.0.write_out(serde_json::to_string(&req));
-        self.0.pass_on(Export::Metrics(req));
-        self.0.changed.notify_one();
+        self.accept(request.into_inner(), Store::ingest_metrics, Export::Metrics);
         Ok(Response::new(ExportMetricsServiceResponse::default()))
     }
 }
 
-/// Passes exports on to `url` in order, reconnecting as needed; an export that fails
-/// is logged and skipped (the run's own report does not depend on it).
-pub fn spawn_forwarder(url: String) -> mpsc::Sender<Export> {
+/// Passes exports on to `url` in order over one lazily connected channel (tonic
+/// reconnects it as needed); an export that fails is logged once and skipped (the
+/// run's own report does not depend on it).
+pub fn spawn_forwarder(url: &str) -> Result<mpsc::Sender<Export>, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?.connect_lazy();
+    let mut traces = TraceServiceClient::new(channel.clone());
+    let mut metrics = MetricsServiceClient::new(channel);
     let (tx, mut rx) = mpsc::channel::<Export>(4096);
+    let url = url.to_string();
     tokio::spawn(async move {
-        let mut traces: Option<TraceServiceClient<tonic::transport::Channel>> = None;
-        let mut metrics: Option<MetricsServiceClient<tonic::transport::Channel>> = None;
         let mut warned = false;
         while let Some(e) = rx.recv().await {
-            let result = async {
-                let ch = match (&traces, &metrics) {
-                    (Some(_), Some(_)) => None,
-                    _ => Some(
-                        tonic::transport::Endpoint::from_shared(url.clone())
-                            .map_err(|e| e.to_string())?
-                            .connect()
-                            .await
-                            .map_err(|e| e.to_string())?,
-                    ),
-                };
-                if let Some(ch) = ch {
-                    traces = Some(TraceServiceClient::new(ch.clone()));
-                    metrics = Some(MetricsServiceClient::new(ch));
-                }
-                match e {
-                    Export::Traces(r) => traces
-                        .as_mut()
-                        .ok_or("no client")?
-                        .export(r)
-                        .await
-                        .map(|_| ())
-                        .map_err(|s| s.message().to_string()),
-                    Export::Metrics(r) => metrics
-                        .as_mut()
-                        .ok_or("no client")?
-                        .export(r)
-                        .await
-                        .map(|_| ())
-                        .map_err(|s| s.message().to_string()),
-                }
-            }
-            .await;
-            if let Err(msg) = result {
-                if !warned {
-                    tracing::warn!(target = %url, error = %msg, "forwarding failed (further failures are quiet)");
-                    warned = true;
-                }
-                traces = None;
-                metrics = None;
+            let result = match e {
+                Export::Traces(r) => traces.export(r).await.map(|_| ()),
+                Export::Metrics(r) => metrics.export(r).await.map(|_| ()),
+            };
+            if let Err(s) = result
+                && !warned
+            {
+                tracing::warn!(target = %url, error = %s.message(), "forwarding failed (further failures are quiet)");
+                warned = true;
             }
         }
     });
-    tx
+    Ok(tx)
 }

@@ -40,12 +40,36 @@ pub struct CollectConfig {
     pub join_timeout: Duration,
 }
 
+impl CollectConfig {
+    /// Defaults: one driver, 5 s grace, keep serving, 2,000,000 records, no forward or
+    /// spans file, 120 s to join.
+    pub fn new(out_dir: impl Into<PathBuf>, name: impl Into<String>) -> Self {
+        Self {
+            out_dir: out_dir.into(),
+            name: name.into(),
+            description: None,
+            expect_drivers: 1,
+            grace: Duration::from_secs(5),
+            once: false,
+            max_records: 2_000_000,
+            forward: None,
+            spans_out: None,
+            join_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
     #[error(transparent)]
     SpansFile(#[from] crate::spans_file::SpansFileError),
     #[error(transparent)]
     Output(#[from] crate::output::OutputError),
+    #[error("--forward {url}")]
+    Forward {
+        url: String,
+        source: tonic::transport::Error,
+    },
     #[error("OTLP receiver")]
     Transport(#[from] tonic::transport::Error),
     #[error("run {run_id} failed: {reason}")]
@@ -72,6 +96,20 @@ fn report_run(
     Ok(path)
 }
 
+/// Writes one run's report, prints its path and records it.
+fn emit(
+    shared: &Shared,
+    cfg: &CollectConfig,
+    run_id: &str,
+    partial: Option<String>,
+    written: &mut Vec<PathBuf>,
+) -> Result<(), CollectorError> {
+    let p = report_run(shared, cfg, run_id, partial)?;
+    println!("{}", p.display());
+    written.push(p);
+    Ok(())
+}
+
 /// Serves OTLP on `listener` and writes reports until `shutdown` resolves (then a
 /// partial report of every unfinished run) or, with `once`, after the first report.
 /// Returns the markdown paths written, each also printed on stdout.
@@ -85,13 +123,21 @@ pub async fn serve(
         .as_deref()
         .map(SpansWriter::create)
         .transpose()?;
-    let forward = cfg.forward.clone().map(spawn_forwarder);
+    let forward = match cfg.forward.as_deref() {
+        Some(url) => Some(
+            spawn_forwarder(url).map_err(|source| CollectorError::Forward {
+                url: url.to_string(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
     let shared = Shared::new(Store::new(cfg.max_records), spans_out, forward);
     let receiver = Receiver(Arc::clone(&shared));
     let wake = Arc::new(tokio::sync::Notify::new());
     let coord = Coordination::new(cfg.expect_drivers, cfg.join_timeout, Arc::clone(&wake));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming = tokio_stream_listener(listener);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             // Pings find a driver whose network was cut (no FIN ever arrives).
@@ -122,17 +168,9 @@ pub async fn serve(
             let runs = shared.store().run_ids();
             let mut r = Ok(());
             for run in runs {
-                match report_run(
-                    &shared,
-                    &cfg,
-                    &run,
-                    Some("the collector was stopped before the run finished".into()),
-                ) {
-                    Ok(p) => {
-                        println!("{}", p.display());
-                        written.push(p);
-                    }
-                    Err(e) => r = Err(e),
+                let why = "the collector was stopped before the run finished";
+                if let Err(e) = emit(&shared, &cfg, &run, Some(why.into()), &mut written) {
+                    r = Err(e);
                 }
             }
             break r;
@@ -178,12 +216,8 @@ pub async fn serve(
                 (None, false) => Some(format!("lost driver(s): {}", lost.join(", "))),
                 (Some(p), false) => Some(format!("{p}; lost driver(s): {}", lost.join(", "))),
             };
-            match report_run(&shared, &cfg, &run, partial) {
-                Ok(p) => {
-                    println!("{}", p.display());
-                    written.push(p);
-                    done |= cfg.once;
-                }
+            match emit(&shared, &cfg, &run, partial, &mut written) {
+                Ok(()) => done |= cfg.once,
                 Err(e) => r = Err(e),
             }
         }
@@ -196,11 +230,4 @@ pub async fn serve(
         return Err(e.into());
     }
     result.map(|()| written)
-}
-
-/// Accepted connections of `listener` as the stream tonic serves.
-fn tokio_stream_listener(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
 }

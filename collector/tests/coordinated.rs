@@ -29,18 +29,14 @@ async fn collector(
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let cfg = CollectConfig {
-        out_dir: out.to_path_buf(),
-        name: "coordinated".into(),
-        description: None,
         expect_drivers: expect,
         // No server spans in these tests: do not wait long for them.
         grace: Duration::from_millis(500),
         once: true,
-        max_records: 1_000_000,
-        forward: None,
-        spans_out: None,
         join_timeout,
+        ..CollectConfig::new(out, "coordinated")
     };
+
     (
         url,
         tokio::spawn(serve(cfg, listener, std::future::pending())),

@@ -28,16 +28,11 @@ async fn a_run_through_server_driver_and_collector_gives_the_full_report() {
         .expect("bind");
     let otlp = format!("http://{}", listener.local_addr().expect("addr"));
     let cfg = CollectConfig {
-        out_dir: reports.clone(),
-        name: "e2e".into(),
-        description: None,
-        expect_drivers: 1,
         grace: Duration::from_secs(15),
         once: true,
-        max_records: 1_000_000,
-        forward: None,
         spans_out: Some(spans.clone()),
         join_timeout: Duration::from_secs(60),
+        ..CollectConfig::new(reports.clone(), "e2e")
     };
     let collector = tokio::spawn(serve(cfg, listener, std::future::pending()));
 
@@ -118,16 +113,7 @@ async fn a_run_through_server_driver_and_collector_gives_the_full_report() {
         &sweep_cfg,
         stop,
         Some(Arc::clone(&client)),
-        ServerInfo {
-            model: info.model_id,
-            stand_in: info.stand_in,
-            backend: info.backend,
-            device: info.device,
-            max_batch: info.max_batch,
-            batch_timeout_ms: info.batch_timeout_ms,
-            batch_policy: info.batch_policy,
-            version: info.version,
-        },
+        ServerInfo::from(info),
         None,
     )
     .await;

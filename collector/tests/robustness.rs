@@ -81,17 +81,12 @@ async fn start(out: &std::path::Path, max_records: usize) -> Running {
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let cfg = CollectConfig {
-        out_dir: out.to_path_buf(),
-        name: "robust".into(),
-        description: None,
-        expect_drivers: 1,
         grace: Duration::from_secs(1),
-        once: false,
         max_records,
-        forward: None,
-        spans_out: None,
         join_timeout: Duration::from_secs(60),
+        ..CollectConfig::new(out, "robust")
     };
+
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(serve(cfg, listener, async move {
         let _ = rx.await;
@@ -272,16 +267,11 @@ async fn forward_passes_every_export_on_unchanged() {
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let spans = dir.path().join("spans.jsonl");
     let cfg = CollectConfig {
-        out_dir: dir.path().join("front"),
-        name: "front".into(),
-        description: None,
-        expect_drivers: 1,
         grace: Duration::from_secs(1),
-        once: false,
-        max_records: 1_000_000,
         forward: Some(target.url.clone()),
         spans_out: Some(spans.clone()),
         join_timeout: Duration::from_secs(60),
+        ..CollectConfig::new(dir.path().join("front"), "front")
     };
     let (stop_front, front_stopped) = tokio::sync::oneshot::channel::<()>();
     let front = tokio::spawn(serve(cfg, listener, async move {

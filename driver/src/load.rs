@@ -127,7 +127,7 @@ impl Caller {
         };
         if let (Some(t), Some(span)) = (&self.telemetry, span) {
             let intended_wall = self.origin_wall + intended.saturating_duration_since(self.origin);
-            t.end_call(span, &sample, self.cfg.step, intended_wall);
+            t.end_call(span, &sample, code, self.cfg.step, intended_wall);
         }
         sample
     }

@@ -162,21 +162,12 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let driver_id = args
         .driver_id
         .unwrap_or_else(|| format!("{host}-{}", std::process::id()));
-    let info = CrossEncoderClient::new(channel.clone())
+    let server: ServerInfo = CrossEncoderClient::new(channel.clone())
         .info(InfoRequest {})
         .await
         .with_context(|| format!("asking {} for its Info", args.target))?
-        .into_inner();
-    let server = ServerInfo {
-        model: info.model_id,
-        stand_in: info.stand_in,
-        backend: info.backend,
-        device: info.device,
-        max_batch: info.max_batch,
-        batch_timeout_ms: info.batch_timeout_ms,
-        batch_policy: info.batch_policy,
-        version: info.version,
-    };
+        .into_inner()
+        .into();
     let telemetry = match &args.otlp_endpoint {
         Some(endpoint) => Some(Arc::new(
             ClientTelemetry::new(

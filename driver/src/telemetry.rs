@@ -76,6 +76,21 @@ pub struct ServerInfo {
     pub version: String,
 }
 
+impl From<crossbatch_proto::v1::InfoResponse> for ServerInfo {
+    fn from(i: crossbatch_proto::v1::InfoResponse) -> Self {
+        Self {
+            model: i.model_id,
+            stand_in: i.stand_in,
+            backend: i.backend,
+            device: i.device,
+            max_batch: i.max_batch,
+            batch_timeout_ms: i.batch_timeout_ms,
+            batch_policy: i.batch_policy,
+            version: i.version,
+        }
+    }
+}
+
 /// One driver's whole-run record.
 #[derive(Debug, Clone, Default)]
 pub struct RunRecord {
@@ -172,9 +187,15 @@ impl ClientTelemetry {
     }
 
     /// Ends a call's span with what the call measured.
-    pub fn end_call(&self, call: CallSpan, s: &Sample, step: usize, intended: SystemTime) {
+    pub fn end_call(
+        &self,
+        call: CallSpan,
+        s: &Sample,
+        code: tonic::Code,
+        step: usize,
+        intended: SystemTime,
+    ) {
         let span = call.cx.span();
-        let code = tonic::Code::from_i32(code_number(&s.code));
         span.set_attributes([
             KeyValue::new(a::RUN_ID, self.id.run_id.clone()),
             KeyValue::new(a::DRIVER_ID, self.id.driver_id.clone()),
@@ -267,11 +288,4 @@ impl ClientTelemetry {
         self.provider.force_flush().map_err(|e| e.to_string())?;
         self.provider.shutdown().map_err(|e| e.to_string())
     }
-}
-
-/// The numeric gRPC code of a code name (as `crossbatch_proto::code_name` writes it).
-fn code_number(name: &str) -> i32 {
-    (0..=16)
-        .find(|&i| crossbatch_proto::code_name(tonic::Code::from_i32(i)) == name)
-        .unwrap_or(2)
 }
