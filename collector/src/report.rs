@@ -319,7 +319,7 @@ fn dashboard(d: &RunData, backend: &str) -> Vec<DashboardRow> {
             if backend == "cpu" {
                 "the CPU backend has no device to be busy; CPU Usage is the figure"
             } else {
-                "burn-wgpu does not expose device utilisation, and no vendor counter (NVML) was read"
+                "no NVML reading from the server (not an NVIDIA GPU, or libnvidia-ml not found there); burn-wgpu itself reports none"
             },
         ),
         row("CPU Usage (%)", vals(CPU_METRIC, None), no_metrics),

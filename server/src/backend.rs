@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::tensor::wgpu::wgpu as wgpu_api;
-use burn::tensor::{Device, DeviceKind};
+use burn::tensor::{Device, DeviceKind, FloatDType};
 
 use crate::model::Layout;
 
@@ -28,6 +28,37 @@ impl FromStr for BackendChoice {
             "wgpu" => Ok(Self::Wgpu),
             "cpu" => Ok(Self::Cpu),
             other => Err(format!("unknown backend {other:?} (auto, wgpu, cpu)")),
+        }
+    }
+}
+
+/// The float type the model computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Precision {
+    /// 32-bit floats everywhere (bit-for-bit the reference's function, to ~1e-7).
+    #[default]
+    F32,
+    /// 16-bit floats on the GPU (wgpu only): half the memory traffic; logits within
+    /// ~1e-3 of f32 (see the README).
+    F16,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        })
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            other => Err(format!("unknown dtype {other:?} (f32, f16)")),
         }
     }
 }
@@ -56,6 +87,8 @@ pub struct SelectedDevice {
     pub name: String,
     /// A software rasterizer: correct but slow.
     pub software: bool,
+    /// The float type every model tensor on this device has.
+    pub precision: Precision,
 }
 
 impl SelectedDevice {
@@ -80,6 +113,16 @@ impl SelectedDevice {
 pub enum BackendError {
     #[error("no wgpu adapter found (install a Vulkan driver, or use --backend cpu)")]
     NoAdapter,
+    #[error(
+        "--dtype f16 needs the wgpu backend: burn-flex has no fast f16 kernels on this CPU, so the CPU backend computes in f32 only"
+    )]
+    F16OnCpu,
+    #[error("--dtype {precision} is not available on {device}: {reason}")]
+    Precision {
+        precision: Precision,
+        device: String,
+        reason: String,
+    },
 }
 
 /// What wgpu can see, without starting Burn's runtime.
@@ -146,6 +189,7 @@ fn cpu_device() -> SelectedDevice {
         backend: BackendKind::Cpu,
         name: format!("{} ({threads} threads, burn-flex)", cpu_model()),
         software: false,
+        precision: Precision::F32,
     }
 }
 
@@ -162,8 +206,66 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-/// Picks the device for `choice`, logging what was found and what runs.
+/// Picks the f32 device for `choice` (see [`select_with`]).
 pub fn select(choice: BackendChoice) -> Result<SelectedDevice, BackendError> {
+    select_with(choice, Precision::F32)
+}
+
+/// Picks the device for `choice` computing in `precision`, logging what was found and
+/// what runs. f16 is a wgpu feature: asked for with `auto` on a machine that falls back
+/// to the CPU, it is an error rather than a silent f32.
+pub fn select_with(
+    choice: BackendChoice,
+    precision: Precision,
+) -> Result<SelectedDevice, BackendError> {
+    let d = select_device(choice)?;
+    match (d.backend, precision) {
+        (_, Precision::F32) => {
+            // Only a process that asked for f16 earlier can have changed the default.
+            if d.backend == BackendKind::Wgpu {
+                configure_precision(&d, Precision::F32)?;
+            }
+            Ok(d)
+        }
+        (BackendKind::Cpu, Precision::F16) => Err(BackendError::F16OnCpu),
+        (BackendKind::Wgpu, Precision::F16) => {
+            configure_precision(&d, Precision::F16)?;
+            tracing::info!(device = %d.name, "computing in f16");
+            Ok(SelectedDevice {
+                precision: Precision::F16,
+                // The name travels to Info, logs and reports: say what computes.
+                name: format!("{}, f16", d.name),
+                ..d
+            })
+        }
+    }
+}
+
+/// Sets the device's default float type before any tensor exists on it. Burn allows
+/// this once per device and process: asking again for the same type is fine, asking
+/// for the other one is an error that names both.
+fn configure_precision(d: &SelectedDevice, precision: Precision) -> Result<(), BackendError> {
+    let want = match precision {
+        Precision::F32 => FloatDType::F32,
+        Precision::F16 => FloatDType::F16,
+    };
+    let mut device = d.device.clone();
+    let err = match device.configure(want) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    let have = d.device.settings().float_dtype;
+    if have == want {
+        return Ok(());
+    }
+    Err(BackendError::Precision {
+        precision,
+        device: d.name.clone(),
+        reason: format!("{err} (this process already computes in {have:?} there)"),
+    })
+}
+
+fn select_device(choice: BackendChoice) -> Result<SelectedDevice, BackendError> {
     if choice == BackendChoice::Cpu {
         let d = cpu_device();
         tracing::info!(backend = "cpu", device = %d.name, "backend selected");
@@ -186,6 +288,7 @@ pub fn select(choice: BackendChoice) -> Result<SelectedDevice, BackendError> {
                 backend: BackendKind::Wgpu,
                 name: adapter.describe(),
                 software: adapter.is_software(),
+                precision: Precision::F32,
             };
             if d.software {
                 tracing::warn!(device = %d.name, "wgpu runs on a software rasterizer: correct but far slower than --backend cpu");

@@ -25,6 +25,8 @@ pub struct BatchResult {
 pub struct BenchReport {
     pub backend: String,
     pub device: String,
+    /// Float type the model computed in (f32, f16).
+    pub dtype: String,
     pub layout: String,
     pub pairs: usize,
     pub real_tokens_per_pair: f64,
@@ -114,8 +116,15 @@ pub fn run(
                 })
                 .sum(),
         };
-        // Warm-up: first batch (allocations; kernel autotune on wgpu).
-        model.forward(&chunks[0])?;
+        // Warm-up, untimed. On wgpu every new shape compiles and autotunes kernels the
+        // first time, so one whole pass; on the CPU the first batch (allocations).
+        if model.device().backend == crate::backend::BackendKind::Wgpu {
+            for c in &chunks {
+                model.forward(c)?;
+            }
+        } else {
+            model.forward(&chunks[0])?;
+        }
         let mut runs = Vec::new();
         for _ in 0..opts.repeat.max(1) {
             let t = Instant::now();
@@ -141,6 +150,7 @@ pub fn run(
     Ok(BenchReport {
         backend: model.device().backend.to_string(),
         device: model.device().name.clone(),
+        dtype: model.device().precision.to_string(),
         layout: format!("{:?}", model.layout()).to_lowercase(),
         pairs: pairs.len(),
         real_tokens_per_pair: real_tokens as f64 / pairs.len() as f64,
@@ -154,12 +164,13 @@ pub fn run(
 impl BenchReport {
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "backend {} on {} ({} layout); {} pairs, {:.1} real tokens/pair, {:.2} GFLOP/pair\n\
+            "backend {} on {} ({}, {} layout); {} pairs, {:.1} real tokens/pair, {:.2} GFLOP/pair\n\
              tokenization: {:.0} pairs/s (1 thread); matmul peak: {:.1} GFLOP/s\n\n\
              | batch | forward pairs/s | model GFLOP/s | % of matmul | computed tokens/pair |\n\
              |---|---|---|---|---|\n",
             self.backend,
             self.device,
+            self.dtype,
             self.layout,
             self.pairs,
             self.real_tokens_per_pair,

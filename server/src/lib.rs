@@ -6,6 +6,8 @@ pub mod backend;
 pub mod batcher;
 pub mod bench;
 pub mod error;
+pub mod gpu_monitor;
+pub mod kernel_cache;
 pub mod metrics;
 pub mod model;
 pub mod pairs;

@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crossbatch_server::backend::{self, BackendChoice};
+use crossbatch_server::backend::{self, BackendChoice, Precision};
 use crossbatch_server::model::{CrossEncoder, Encoded};
-use crossbatch_server::{bench, pairs, serve, serve_bench, source, standin, telemetry};
+use crossbatch_server::{
+    bench, kernel_cache, pairs, serve, serve_bench, source, standin, telemetry,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -42,6 +44,15 @@ enum Command {
     BenchServe(BenchServeArgs),
     /// Exit 0 when a server's health is SERVING, 1 otherwise (container healthchecks).
     Health(HealthArgs),
+    /// List the GPU adapters wgpu finds (and the CPU backend).
+    Devices(DevicesArgs),
+}
+
+#[derive(Args)]
+struct DevicesArgs {
+    /// Exit 3 unless a hardware GPU adapter is found (software rasterizers do not count).
+    #[arg(long)]
+    require_gpu: bool,
 }
 
 #[derive(Args)]
@@ -99,6 +110,19 @@ struct ModelArgs {
     /// auto: wgpu on a hardware GPU, else CPU. wgpu: force wgpu. cpu: burn-flex.
     #[arg(long, env = "CROSSBATCH_BACKEND", value_enum, default_value = "auto")]
     backend: BackendChoice,
+    #[command(flatten)]
+    gpu: GpuArgs,
+}
+
+#[derive(Args, Clone)]
+struct GpuArgs {
+    /// Float type of the model: f16 halves memory traffic on a GPU (wgpu only).
+    #[arg(long, env = "CROSSBATCH_DTYPE", value_enum, default_value = "f32")]
+    dtype: Precision,
+    /// Directory for the GPU runtime's autotune results and compiled kernels
+    /// [default: ~/.cache/crossbatch/kernels].
+    #[arg(long, env = "CROSSBATCH_KERNEL_CACHE")]
+    kernel_cache: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -142,6 +166,8 @@ struct BenchArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    #[command(flatten)]
+    gpu: GpuArgs,
 }
 
 fn main() -> ExitCode {
@@ -158,6 +184,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_serve(args),
         Command::BenchServe(args) => run_bench_serve(args),
         Command::Health(args) => health(args),
+        Command::Devices(args) => devices(args),
     };
     match result {
         Ok(code) => code,
@@ -185,9 +212,16 @@ fn stand_in(out: Option<PathBuf>, from: Option<PathBuf>, force: bool) -> Result<
 }
 
 /// Resolves the model and loads it on the chosen backend, saying what runs.
-fn load(model: &str, choice: BackendChoice) -> Result<CrossEncoder> {
+fn load(model: &str, choice: BackendChoice, gpu: &GpuArgs) -> Result<CrossEncoder> {
     let src = source::resolve(model)?;
-    let device = backend::select(choice)?;
+    if choice != BackendChoice::Cpu {
+        let dir = gpu
+            .kernel_cache
+            .clone()
+            .unwrap_or_else(kernel_cache::default_dir);
+        kernel_cache::init(&dir)?;
+    }
+    let device = backend::select_with(choice, gpu.dtype)?;
     let enc = CrossEncoder::load(&src.dir, device)
         .with_context(|| format!("loading {}", src.dir.display()))?;
     let name = if enc.is_standin() {
@@ -219,7 +253,7 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
             .with_context(|| format!("reading {}", args.input.display()))?
     };
     let lines = pairs::parse_jsonl(&text);
-    let model = load(&args.model.model, args.model.backend)?;
+    let model = load(&args.model.model, args.model.backend, &args.model.gpu)?;
 
     // Encode what parses; remember each line's outcome so output stays in input order.
     let mut outcome: Vec<Result<Encoded, String>> = Vec::with_capacity(lines.len());
@@ -307,7 +341,14 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     };
     let mut reports = Vec::new();
     for choice in choices {
-        let model = load(&args.model, choice)?;
+        if choice == BackendChoice::Cpu && args.gpu.dtype != Precision::F32 {
+            eprintln!(
+                "the CPU backend computes in f32 only: cpu not measured at --dtype {}",
+                args.gpu.dtype
+            );
+            continue;
+        }
+        let model = load(&args.model, choice, &args.gpu)?;
         let r = bench::run(&model, &pairs, &opts, |m| eprintln!("  {m}"))?;
         println!("{}", r.markdown());
         reports.push(r);
@@ -370,7 +411,14 @@ fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
     let offline = match args.offline_pairs_per_s {
         Some(v) => v,
         None => {
-            let model = load(&args.model, args.backend)?;
+            let model = load(
+                &args.model,
+                args.backend,
+                &GpuArgs {
+                    dtype: Precision::F32,
+                    kernel_cache: None,
+                },
+            )?;
             let opts = bench::BenchOptions {
                 batches: vec![8, 32, 96],
                 repeat: 1,
@@ -504,4 +552,33 @@ fn health(args: HealthArgs) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn devices(args: DevicesArgs) -> Result<ExitCode> {
+    let found = backend::adapters();
+    for a in &found {
+        let kind = if a.is_software() {
+            "software"
+        } else {
+            "hardware"
+        };
+        println!(
+            "wgpu  {kind:8}  {} ({}; driver {})",
+            a.name, a.backend, a.driver
+        );
+    }
+    println!("cpu   burn-flex  {}", backend::cpu_model());
+    let gpu = found.iter().any(|a| !a.is_software());
+    if args.require_gpu && !gpu {
+        eprintln!(
+            "no hardware GPU adapter: {}",
+            if found.is_empty() {
+                "wgpu found none (is a Vulkan or Metal driver installed?)".to_string()
+            } else {
+                "only software rasterizers, which are for correctness tests, not for timing".into()
+            }
+        );
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
 }

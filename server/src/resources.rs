@@ -1,7 +1,9 @@
 //! Resource samples exported as OTel metrics every `--sample-interval-ms`: process CPU
-//! (percent of one core, as `top` shows it) and memory in use — Burn's device pool on
-//! wgpu, the process RSS (labelled host memory) on the CPU backend. Device utilisation
-//! is not sampled: burn-wgpu does not report it, and no figure is better than a 0.
+//! (percent of one core, as `top` shows it), memory in use and, on NVIDIA, GPU
+//! utilisation. Memory is what NVML says the GPU has in use (as nvidia-smi shows it)
+//! where NVML is there, else Burn's device pool on wgpu, else the process RSS
+//! (labelled host memory) on the CPU backend. burn-wgpu reports no utilisation, so
+//! without NVML none is sampled: no figure is better than a 0.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant};
 use opentelemetry::KeyValue;
 
 use crate::backend::{BackendKind, SelectedDevice};
+use crate::gpu_monitor::GpuMonitor;
 
 /// CPU time (user + system) this process has used.
 pub fn process_cpu_time() -> Option<Duration> {
@@ -44,6 +47,10 @@ pub fn memory_in_use(device: &SelectedDevice) -> Option<(u64, &'static str)> {
 
 /// Samples until the returned handle is aborted.
 pub fn spawn_sampler(device: Arc<SelectedDevice>, every: Duration) -> tokio::task::JoinHandle<()> {
+    let gpu = match (device.backend, device.software) {
+        (BackendKind::Wgpu, false) => GpuMonitor::open(&device.name),
+        _ => None,
+    };
     let meter = opentelemetry::global::meter("crossbatch-server");
     let cpu = meter
         .f64_gauge("process.cpu.percent")
@@ -53,7 +60,14 @@ pub fn spawn_sampler(device: Arc<SelectedDevice>, every: Duration) -> tokio::tas
     let mem = meter
         .f64_gauge("crossbatch.memory.used")
         .with_unit("MB")
-        .with_description("memory in use: device pool (wgpu) or host RSS (cpu backend)")
+        .with_description(
+            "memory in use: the GPU's (NVML), Burn's device pool (wgpu), or host RSS (cpu backend)",
+        )
+        .build();
+    let util = meter
+        .f64_gauge("crossbatch.device.utilization")
+        .with_unit("%")
+        .with_description("GPU utilisation: percent of the sample period a kernel ran (NVML)")
         .build();
     let attrs = [
         KeyValue::new("crossbatch.backend", device.backend.to_string()),
@@ -73,10 +87,22 @@ pub fn spawn_sampler(device: Arc<SelectedDevice>, every: Duration) -> tokio::tas
                 }
             }
             last = now;
-            if let Some((bytes, kind)) = memory_in_use(&device) {
+            let reading = gpu.as_ref().and_then(GpuMonitor::sample);
+            if let Some(r) = reading {
+                util.record(r.utilization_pct, &attrs);
+            }
+            let memory = match reading {
+                Some(r) => Some((r.memory_used_mb, "device", "nvml")),
+                None => memory_in_use(&device).map(|(bytes, kind)| {
+                    let source = if kind == "device" { "burn-pool" } else { "rss" };
+                    (bytes as f64 / (1024.0 * 1024.0), kind, source)
+                }),
+            };
+            if let Some((mb, kind, source)) = memory {
                 let mut a = attrs.to_vec();
                 a.push(KeyValue::new("memory.kind", kind));
-                mem.record(bytes as f64 / (1024.0 * 1024.0), &a);
+                a.push(KeyValue::new("memory.source", source));
+                mem.record(mb, &a);
             }
         }
     })

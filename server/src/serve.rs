@@ -11,10 +11,10 @@ use crossbatch_proto::v1::cross_encoder_server::CrossEncoderServer;
 use tokio::sync::OnceCell;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::backend::{self, BackendChoice};
+use crate::backend::{self, BackendChoice, Precision};
 use crate::batcher::{BatchPolicy, Batcher, BatcherConfig, BatcherThread};
 use crate::metrics::Metrics;
-use crate::model::CrossEncoder;
+use crate::model::{CrossEncoder, WarmupMode};
 use crate::service::{Limits, Ready, ScoringService};
 use crate::source;
 
@@ -32,6 +32,18 @@ pub struct ServeArgs {
     /// auto: wgpu on a hardware GPU, else CPU. wgpu: force wgpu. cpu: burn-flex.
     #[arg(long, env = "CROSSBATCH_BACKEND", value_enum, default_value = "auto")]
     pub backend: BackendChoice,
+    /// Float type of the model: f16 halves memory traffic on a GPU (wgpu only).
+    #[arg(long, env = "CROSSBATCH_DTYPE", value_enum, default_value = "f32")]
+    pub dtype: Precision,
+    /// Before SERVING, run every batch shape the batcher can produce (full) so no call
+    /// pays a kernel compile, or one small batch (quick). auto: full on a hardware GPU.
+    #[arg(long, env = "CROSSBATCH_WARMUP", value_enum, default_value = "auto")]
+    pub warmup: WarmupMode,
+    /// Directory for the GPU runtime's autotune results and compiled kernels, kept
+    /// between runs so a restart serves at full speed at once
+    /// [default: ~/.cache/crossbatch/kernels].
+    #[arg(long, env = "CROSSBATCH_KERNEL_CACHE")]
+    pub kernel_cache: Option<std::path::PathBuf>,
     /// Pairs per forward pass at most.
     #[arg(long, env = "CROSSBATCH_MAX_BATCH", default_value_t = 96)]
     pub max_batch: usize,
@@ -96,6 +108,8 @@ pub enum StartError {
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
     #[error(transparent)]
+    KernelCache(#[from] crate::kernel_cache::KernelCacheError),
+    #[error(transparent)]
     Model(#[from] crate::model::ModelError),
     #[error("gRPC server: {0}")]
     Transport(String),
@@ -123,7 +137,14 @@ impl ServeArgs {
 /// Loads, checks and warms the model, then starts the batcher.
 fn load(args: &ServeArgs, metrics: Arc<Metrics>) -> Result<(Ready, BatcherThread), StartError> {
     let src = source::resolve(&args.model)?;
-    let device = backend::select(args.backend)?;
+    if args.backend != BackendChoice::Cpu {
+        let dir = args
+            .kernel_cache
+            .clone()
+            .unwrap_or_else(crate::kernel_cache::default_dir);
+        crate::kernel_cache::init(&dir)?;
+    }
+    let device = backend::select_with(args.backend, args.dtype)?;
     let mut model = CrossEncoder::load(&src.dir, device)?;
     match args.layout {
         LayoutChoice::Auto => {}
@@ -144,8 +165,13 @@ fn load(args: &ServeArgs, metrics: Arc<Metrics>) -> Result<(Ready, BatcherThread
         )));
     }
     // Warm-up: allocations on the CPU, kernel compilation (and autotune) on wgpu.
-    let warm = model.encode("warm up the model", "a short passage to warm up the model")?;
-    model.forward(&[&warm, &warm])?;
+    let warm = model.warm_up(args.warmup, args.max_batch, args.max_batch_tokens)?;
+    tracing::info!(
+        mode = ?warm.mode,
+        shapes = warm.shapes.len(),
+        seconds = format!("{:.1}", warm.elapsed.as_secs_f64()),
+        "warmed up"
+    );
     let info = InfoResponse {
         model_id: src.id.clone(),
         stand_in: model.is_standin(),

@@ -9,12 +9,7 @@ use crossbatch_server::model::{CrossEncoder, Encoded, Layout};
 
 #[test]
 fn wgpu_logits_match_reference() {
-    if backend::adapters().is_empty() {
-        let msg = "wgpu parity DID NOT RUN: no wgpu adapter (install mesa-vulkan-drivers)";
-        if std::env::var("CROSSBATCH_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
-            panic!("{msg}, and CROSSBATCH_REQUIRE_WGPU=1");
-        }
-        eprintln!("{msg}");
+    if !common::wgpu_adapter_or_say("wgpu parity") {
         return;
     }
     let dev = backend::select(BackendChoice::Wgpu).expect("wgpu device");

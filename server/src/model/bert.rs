@@ -252,7 +252,8 @@ impl Bert {
         let data = logits
             .try_into_data()
             .map_err(|e| ModelError::Inference(format!("reading logits back: {e:?}")))?;
-        data.try_to_vec::<f32>()
+        // f16 on the device: widen on the host (exact), so callers always see f32.
+        data.try_into_vec_as::<f32>()
             .map_err(|e| ModelError::Inference(format!("logits have an unexpected type: {e:?}")))
     }
 

@@ -3,12 +3,14 @@
 
 mod bert;
 pub mod config;
+mod warmup;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
 
 pub use bert::{Bert, Encoded, Layout, padded_len};
 pub use config::BertConfig;
+pub use warmup::{WarmupMode, WarmupReport, padded_shapes};
 pub use weights::{Checkpoint, KeyLayout};
 
 use crate::backend::SelectedDevice;
