@@ -8,15 +8,18 @@ SERVER = $(CARGO) run --quiet --release -p crossbatch-server --
 REPORTS ?= reports
 # Timed passes per batch size in the offline bench.
 REPEAT ?= 3
+REPEAT_GPU ?= 10
 # The wgpu test runs on the software Vulkan driver in CI, where full kernel autotune
 # of every shape would take most of the CI budget.
 CUBECL_AUTOTUNE_LEVEL ?= minimal
 export CUBECL_AUTOTUNE_LEVEL
 
-.PHONY: all build test test-compose bench bench-model bench-compose standin deps fmt clippy
+.PHONY: all build test test-compose bench bench-gpu bench-model bench-compose standin deps fmt clippy
 
 # `make bench` settings (see scripts/bench.sh): e.g. make bench SWEEP="batch=1,8,32 conc=1,4,16"
-export NAME SWEEP MODEL BACKEND MAX_BATCH BATCH_TIMEOUT_MS POLICY WORKLOAD WARMUP REPORTS
+export NAME SWEEP MODEL BACKEND DTYPE MAX_BATCH MAX_BATCH_TOKENS BATCH_TIMEOUT_MS POLICY WORKLOAD WARMUP REPORTS
+# `make bench-gpu` settings (see scripts/bench-gpu.sh): e.g. make bench-gpu DTYPES=f16
+export DTYPES BATCHES SERVED_SWEEP
 # `make bench-compose` settings (see scripts/compose.sh): e.g. make bench-compose DRIVERS=3
 export DRIVERS BATCH CONC PAIRS OFFLINE
 
@@ -57,6 +60,13 @@ test-compose: build standin
 # max_batch 96, timeout 20 ms).
 bench: standin
 	@scripts/bench.sh
+
+# The wgpu backend on a hardware GPU, f32 and f16: offline forward at batch 8/32/96/128
+# and the served run with its report per dtype. Refuses on a software-only machine.
+# Full kernel autotune here: these are the figures that get quoted.
+bench-gpu: export CUBECL_AUTOTUNE_LEVEL = balanced
+bench-gpu: standin
+	@REPEAT=$(REPEAT_GPU) scripts/bench-gpu.sh
 
 # N coordinated drivers in containers (docker-compose), report in ./reports.
 bench-compose: build standin

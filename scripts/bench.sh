@@ -6,7 +6,8 @@
 #   NAME=bench                       report name: reports/<NAME>-<timestamp>.md
 #   SWEEP="batch=8 conc=1 pairs=800" the sweep (comma lists: batch=1,8,32 conc=1,4,16)
 #   MODEL=cross-encoder/ms-marco-MiniLM-L-6-v2   (the stand-in when the hub is unreachable)
-#   BACKEND=auto  MAX_BATCH=96  BATCH_TIMEOUT_MS=20  POLICY=deadline
+#   BACKEND=auto  DTYPE=f32  MAX_BATCH=96  MAX_BATCH_TOKENS=16384  BATCH_TIMEOUT_MS=20
+#   POLICY=deadline
 #   WORKLOAD=<jsonl|tsv|synthetic>   default: ../shared/reference/bench-800.jsonl if present
 #   REPORTS=reports  WARMUP=0 (calls per config left out of the figures)
 set -euo pipefail
@@ -16,6 +17,8 @@ NAME=${NAME:-bench}
 SWEEP=${SWEEP:-}
 MODEL=${MODEL:-cross-encoder/ms-marco-MiniLM-L-6-v2}
 BACKEND=${BACKEND:-auto}
+DTYPE=${DTYPE:-f32}
+MAX_BATCH_TOKENS=${MAX_BATCH_TOKENS:-16384}
 MAX_BATCH=${MAX_BATCH:-96}
 BATCH_TIMEOUT_MS=${BATCH_TIMEOUT_MS:-20}
 POLICY=${POLICY:-deadline}
@@ -70,11 +73,11 @@ collector_pid=$!
 pids+=("$collector_pid")
 
 "$BIN/crossbatch-server" serve --model "$MODEL" --backend "$BACKEND" --listen "$SERVER" \
-    --max-batch "$MAX_BATCH" --batch-timeout-ms "$BATCH_TIMEOUT_MS" --batch-policy "$POLICY" \
+    --dtype "$DTYPE" --max-batch "$MAX_BATCH" --max-batch-tokens "$MAX_BATCH_TOKENS" --batch-timeout-ms "$BATCH_TIMEOUT_MS" --batch-policy "$POLICY" \
     --otlp-endpoint "http://$COLLECTOR" 2>"$logs/server.log" &
 pids+=("$!")
 
-echo "bench: collector $COLLECTOR, server $SERVER, sweep batch=$batch conc=$conc pairs=$pairs, workload $WORKLOAD" >&2
+echo "bench: collector $COLLECTOR, server $SERVER ($BACKEND, $DTYPE), sweep batch=$batch conc=$conc pairs=$pairs, workload $WORKLOAD" >&2
 driver_rc=0
 "$BIN/crossbatch-driver" run --target "http://$SERVER" --batch "$batch" --concurrency "$conc" \
     --pairs "$pairs" --warmup "$WARMUP" --workload "$WORKLOAD" --run-id "$run_id" \
