@@ -18,11 +18,32 @@ pub fn default_dir() -> PathBuf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelCacheError {
-    #[error("--kernel-cache {path}: {source}")]
+    #[error("--kernel-cache {path}")]
     Create {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Points the cache at `explicit`, or at [`default_dir`] when none was given. A default
+/// that cannot be created (a read-only home in a container, say) costs only the reuse
+/// between runs: it is logged and the runtime keeps its own location. A directory the
+/// user named and that cannot be created is an error.
+pub fn init_or_default(explicit: Option<&Path>) -> Result<Option<PathBuf>, KernelCacheError> {
+    match explicit {
+        Some(dir) => init(dir).map(Some),
+        None => match init(&default_dir()) {
+            Ok(dir) => Ok(Some(dir)),
+            Err(KernelCacheError::Create { path, source }) => {
+                tracing::warn!(
+                    dir = %path.display(),
+                    error = %source,
+                    "no kernel cache of ours: kernels are compiled and tuned again on each start"
+                );
+                Ok(None)
+            }
+        },
+    }
 }
 
 /// Points CubeCL's persistent cache at `dir` (created if missing). Must run before the

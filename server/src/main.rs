@@ -215,11 +215,7 @@ fn stand_in(out: Option<PathBuf>, from: Option<PathBuf>, force: bool) -> Result<
 fn load(model: &str, choice: BackendChoice, gpu: &GpuArgs) -> Result<CrossEncoder> {
     let src = source::resolve(model)?;
     if choice != BackendChoice::Cpu {
-        let dir = gpu
-            .kernel_cache
-            .clone()
-            .unwrap_or_else(kernel_cache::default_dir);
-        kernel_cache::init(&dir)?;
+        kernel_cache::init_or_default(gpu.kernel_cache.as_deref())?;
     }
     let device = backend::select_with(choice, gpu.dtype)?;
     let enc = CrossEncoder::load(&src.dir, device)

@@ -138,11 +138,7 @@ impl ServeArgs {
 fn load(args: &ServeArgs, metrics: Arc<Metrics>) -> Result<(Ready, BatcherThread), StartError> {
     let src = source::resolve(&args.model)?;
     if args.backend != BackendChoice::Cpu {
-        let dir = args
-            .kernel_cache
-            .clone()
-            .unwrap_or_else(crate::kernel_cache::default_dir);
-        crate::kernel_cache::init(&dir)?;
+        crate::kernel_cache::init_or_default(args.kernel_cache.as_deref())?;
     }
     let device = backend::select_with(args.backend, args.dtype)?;
     let mut model = CrossEncoder::load(&src.dir, device)?;
