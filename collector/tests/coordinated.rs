@@ -44,7 +44,7 @@ async fn collector(
 }
 
 async fn server() -> (String, tokio::sync::oneshot::Sender<()>) {
-    let model = crossbatch_server::standin::ensure(&crossbatch_server::standin::default_dir())
+    let model = crossbatch_model::standin::ensure(&crossbatch_model::standin::default_dir())
         .expect("stand-in");
     let args = ServeArgs::try_parse_from([
         "serve",

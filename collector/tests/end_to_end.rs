@@ -43,7 +43,7 @@ async fn a_run_through_server_driver_and_collector_gives_the_full_report() {
         Duration::from_millis(200),
     )
     .expect("server telemetry");
-    let model = crossbatch_server::standin::ensure(&crossbatch_server::standin::default_dir())
+    let model = crossbatch_model::standin::ensure(&crossbatch_model::standin::default_dir())
         .expect("stand-in");
     let args = ServeArgs::try_parse_from([
         "serve",

@@ -15,7 +15,7 @@ struct Local {
 }
 
 async fn start(extra: &[&str]) -> Local {
-    let dir = crossbatch_server::standin::ensure(&crossbatch_server::standin::default_dir())
+    let dir = crossbatch_model::standin::ensure(&crossbatch_model::standin::default_dir())
         .expect("stand-in");
     let mut argv: Vec<String> = [
         "serve",

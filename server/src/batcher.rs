@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::model::{CrossEncoder, Encoded, Layout, padded_len};
+use crossbatch_model::{Encoded, Layout, ModelError, Scorer, padded_len};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BatchPolicy {
@@ -202,13 +202,13 @@ impl BatcherThread {
 impl Batcher {
     /// Starts the model thread that owns `model`.
     pub fn start(
-        model: Arc<CrossEncoder>,
+        model: Arc<dyn Scorer>,
         cfg: BatcherConfig,
         observer: Arc<dyn BatchObserver>,
     ) -> (Self, BatcherThread) {
         let shared = Arc::new(Shared {
             layout: model.layout(),
-            max_positions: model.config().max_position_embeddings,
+            max_positions: model.limits().max_positions,
             cfg,
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
@@ -297,7 +297,7 @@ impl Batcher {
 }
 
 /// The model thread: wait for a batch to close, run it, answer its requests.
-fn run(shared: Arc<Shared>, model: Arc<CrossEncoder>, observer: Arc<dyn BatchObserver>) {
+fn run(shared: Arc<Shared>, model: Arc<dyn Scorer>, observer: Arc<dyn BatchObserver>) {
     loop {
         let Some(batch) = next_batch(&shared) else {
             return;
@@ -334,12 +334,7 @@ fn run(shared: Arc<Shared>, model: Arc<CrossEncoder>, observer: Arc<dyn BatchObs
 }
 
 /// Hands each pair's logit to its request; answers requests that are complete.
-fn deliver(
-    batch: &[Item],
-    result: Result<Vec<f32>, crate::model::ModelError>,
-    info: &BatchInfo,
-    layout: Layout,
-) {
+fn deliver(batch: &[Item], result: Result<Vec<f32>, ModelError>, info: &BatchInfo, layout: Layout) {
     let per_pair_padded = info.padded_tokens / info.pairs.max(1);
     let mut seen: Vec<*const Request> = Vec::new();
     for (k, item) in batch.iter().enumerate() {

@@ -1,22 +1,12 @@
-//! crossbatch-server: the cross-encoder (`cross-encoder/ms-marco-MiniLM-L-6-v2`) on
-//! Burn, the gRPC service with its dynamic batcher, and the pieces around them
-//! (model source, stand-in, backend choice, bench).
+//! crossbatch-server: the gRPC service for the cross-encoder, with its dynamic batcher,
+//! telemetry and metrics. The batcher and the service see the model only through
+//! `crossbatch_model::Scorer`; `serve` is where the concrete model is loaded.
 
-pub mod backend;
 pub mod batcher;
-pub mod bench;
 pub mod error;
-pub mod gpu_monitor;
-pub mod kernel_cache;
 pub mod metrics;
-pub mod model;
-pub mod pairs;
-pub mod pyjson;
 pub mod resources;
 pub mod serve;
 pub mod serve_bench;
 pub mod service;
-pub mod source;
-pub mod standin;
 pub mod telemetry;
-pub mod tokenize;

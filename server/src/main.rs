@@ -7,11 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crossbatch_server::backend::{self, BackendChoice, Precision};
-use crossbatch_server::model::{CrossEncoder, Encoded};
-use crossbatch_server::{
-    bench, kernel_cache, pairs, serve, serve_bench, source, standin, telemetry,
-};
+use crossbatch_model::backend::{self, BackendChoice, Precision};
+use crossbatch_model::{CrossEncoder, Encoded};
+use crossbatch_model::{bench, kernel_cache, pairs, source, standin};
+use crossbatch_server::{serve, serve_bench, telemetry};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 
-use crate::backend::{BackendKind, SelectedDevice};
-use crate::gpu_monitor::GpuMonitor;
+use crossbatch_model::backend::{BackendKind, SelectedDevice};
+use crossbatch_model::gpu_monitor::GpuMonitor;
 
 /// CPU time (user + system) this process has used.
 pub fn process_cpu_time() -> Option<Duration> {

@@ -11,12 +11,12 @@ use crossbatch_proto::v1::cross_encoder_server::CrossEncoderServer;
 use tokio::sync::OnceCell;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::backend::{self, BackendChoice, Precision};
 use crate::batcher::{BatchPolicy, Batcher, BatcherConfig, BatcherThread};
 use crate::metrics::Metrics;
-use crate::model::{CrossEncoder, WarmupMode};
 use crate::service::{Limits, Ready, ScoringService};
-use crate::source;
+use crossbatch_model::backend::{self, BackendChoice, Precision, SelectedDevice};
+use crossbatch_model::source;
+use crossbatch_model::{CrossEncoder, Layout, Scorer, WarmupMode, padded_len};
 
 /// Every flag can also be set through the environment variable shown in `--help`.
 #[derive(clap::Parser, Debug, Clone)]
@@ -108,9 +108,9 @@ pub enum StartError {
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
     #[error(transparent)]
-    KernelCache(#[from] crate::kernel_cache::KernelCacheError),
+    KernelCache(#[from] crossbatch_model::kernel_cache::KernelCacheError),
     #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
+    Model(#[from] crossbatch_model::ModelError),
     #[error("gRPC server: {0}")]
     Transport(String),
 }
@@ -135,24 +135,25 @@ impl ServeArgs {
 }
 
 /// Loads, checks and warms the model, then starts the batcher.
-fn load(args: &ServeArgs, metrics: Arc<Metrics>) -> Result<(Ready, BatcherThread), StartError> {
+fn load(
+    args: &ServeArgs,
+    metrics: Arc<Metrics>,
+) -> Result<(Ready, BatcherThread, SelectedDevice), StartError> {
     let src = source::resolve(&args.model)?;
     if args.backend != BackendChoice::Cpu {
-        crate::kernel_cache::init_or_default(args.kernel_cache.as_deref())?;
+        crossbatch_model::kernel_cache::init_or_default(args.kernel_cache.as_deref())?;
     }
     let device = backend::select_with(args.backend, args.dtype)?;
     let mut model = CrossEncoder::load(&src.dir, device)?;
     match args.layout {
         LayoutChoice::Auto => {}
-        LayoutChoice::Packed => model.set_layout(crate::model::Layout::Packed),
-        LayoutChoice::Padded => model.set_layout(crate::model::Layout::Padded),
+        LayoutChoice::Packed => model.set_layout(Layout::Packed),
+        LayoutChoice::Padded => model.set_layout(Layout::Padded),
     }
     let max_len = model.tokenizer().max_len();
     let longest_cost = match model.layout() {
-        crate::model::Layout::Packed => max_len,
-        crate::model::Layout::Padded => {
-            crate::model::padded_len(max_len, model.config().max_position_embeddings)
-        }
+        Layout::Packed => max_len,
+        Layout::Padded => padded_len(max_len, model.config().max_position_embeddings),
     };
     if args.max_batch_tokens < longest_cost {
         return Err(StartError::Config(format!(
@@ -192,7 +193,8 @@ fn load(args: &ServeArgs, metrics: Arc<Metrics>) -> Result<(Ready, BatcherThread
         "model ready{}",
         if info.stand_in { " (offline stand-in: scores are not relevance-trained)" } else { "" }
     );
-    let model = Arc::new(model);
+    let device = model.device().clone();
+    let model: Arc<dyn Scorer> = Arc::new(model);
     let cfg = BatcherConfig {
         max_batch: args.max_batch,
         timeout: Duration::from_millis(args.batch_timeout_ms),
@@ -221,6 +223,7 @@ fn load(args: &ServeArgs, metrics: Arc<Metrics>) -> Result<(Ready, BatcherThread
             info,
         },
         thread,
+        device,
     ))
 }
 
@@ -320,9 +323,9 @@ pub async fn serve(
             let loaded = tokio::task::spawn_blocking(move || load(&args, metrics))
                 .await
                 .map_err(|e| StartError::Config(format!("model loader panicked: {e}")))??;
-            let (r, thread) = loaded;
+            let (r, thread, device) = loaded;
             let sampler = crate::resources::spawn_sampler(
-                Arc::new(r.model.device().clone()),
+                Arc::new(device),
                 Duration::from_millis(args_sample_ms),
             );
             let _ = ready.set(r);

@@ -11,8 +11,8 @@ use crossbatch_proto::v1::cross_encoder_client::CrossEncoderClient;
 use crossbatch_proto::v1::{Pair as ProtoPair, ScoreRequest, Timing};
 use tonic::transport::Channel;
 
-use crate::pairs::Pair;
 use crate::serve::{ServeArgs, StartError, serve};
+use crossbatch_model::pairs::Pair;
 
 #[derive(Debug, Clone, Default)]
 pub struct LoadResult {

@@ -19,7 +19,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::batcher::{BatchError, BatchInfo, Batcher, Outcome, RequestHooks};
 use crate::error::ServeError;
 use crate::metrics::Metrics;
-use crate::model::{CrossEncoder, Encoded};
+use crossbatch_model::{Encoded, Scorer};
 
 /// Limits a call is checked against before it is tokenized.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ pub struct Limits {
 
 /// What serves once the model is loaded and warmed up.
 pub struct Ready {
-    pub model: Arc<CrossEncoder>,
+    pub model: Arc<dyn Scorer>,
     pub batcher: Batcher,
     pub tokenizers: Arc<rayon::ThreadPool>,
     pub info: InfoResponse,

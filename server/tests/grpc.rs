@@ -122,11 +122,9 @@ async fn grpc_scores_equal_offline_scores_for_the_parity_file() {
     let pairs: Vec<Pair> = rows.iter().map(|r| pair(&r.query, &r.passage)).collect();
     // Offline, one pair per forward: what `crossbatch-server score --batch 1` writes.
     let offline = {
-        let dev =
-            crossbatch_server::backend::select(crossbatch_server::backend::BackendChoice::Cpu)
-                .expect("cpu");
-        let m = crossbatch_server::model::CrossEncoder::load(&common::standin_dir(), dev)
-            .expect("loads");
+        let dev = crossbatch_model::backend::select(crossbatch_model::backend::BackendChoice::Cpu)
+            .expect("cpu");
+        let m = crossbatch_model::CrossEncoder::load(&common::standin_dir(), dev).expect("loads");
         let p: Vec<(String, String)> = rows
             .iter()
             .map(|r| (r.query.clone(), r.passage.clone()))

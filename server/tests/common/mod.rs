@@ -42,22 +42,8 @@ pub fn parity_rows() -> Vec<ParityRow> {
 pub fn standin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = crossbatch_server::standin::default_dir();
-        crossbatch_server::standin::ensure(&dir).expect("building the offline stand-in")
+        let dir = crossbatch_model::standin::default_dir();
+        crossbatch_model::standin::ensure(&dir).expect("building the offline stand-in")
     })
     .clone()
-}
-
-/// True when wgpu finds an adapter. Otherwise says loudly that `test` did not run, and
-/// fails instead where `CROSSBATCH_REQUIRE_WGPU=1` (CI, which installs one).
-pub fn wgpu_adapter_or_say(test: &str) -> bool {
-    if !crossbatch_server::backend::adapters().is_empty() {
-        return true;
-    }
-    let msg = format!("{test} DID NOT RUN: no wgpu adapter (install mesa-vulkan-drivers)");
-    if std::env::var("CROSSBATCH_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
-        panic!("{msg}, and CROSSBATCH_REQUIRE_WGPU=1");
-    }
-    eprintln!("{msg}");
-    false
 }

@@ -17,44 +17,9 @@ use burn::tensor::module::{attention, layer_norm, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
-use super::ModelError;
-use super::config::BertConfig;
-use super::weights::{Checkpoint, HostTensor};
-
-/// Token ids of one query/passage pair, as the model consumes them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Encoded {
-    pub ids: Vec<u32>,
-    pub type_ids: Vec<u32>,
-}
-
-impl Encoded {
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-}
-
-/// How a batch is laid out for the forward pass (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    Packed,
-    Padded,
-}
-
-/// Length a padded batch is laid out at: the longest sequence rounded up to a multiple
-/// of 32 (capped by the position table), so a GPU sees at most 16 lengths and compiles
-/// and tunes each once, while rounding adds little padding.
-pub fn padded_len(max_len: usize, max_positions: usize) -> usize {
-    max_len
-        .div_ceil(32)
-        .max(1)
-        .saturating_mul(32)
-        .min(max_positions)
-        .max(max_len)
-}
+use crate::config::BertConfig;
+use crate::scorer::{Encoded, Layout, ModelError, padded_len};
+use crate::weights::{Checkpoint, HostTensor};
 
 struct Dense {
     /// `[in, out]`

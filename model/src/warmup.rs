@@ -7,7 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{CrossEncoder, Encoded, Layout, ModelError, padded_len};
+use crate::encoder::CrossEncoder;
+use crate::scorer::{Encoded, Layout, ModelError, padded_len};
 
 /// How much to warm up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

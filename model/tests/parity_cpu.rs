@@ -2,8 +2,8 @@
 
 mod common;
 
-use crossbatch_server::backend::{self, BackendChoice};
-use crossbatch_server::model::{CrossEncoder, Encoded, Layout};
+use crossbatch_model::backend::{self, BackendChoice};
+use crossbatch_model::{CrossEncoder, Encoded, Layout};
 
 fn cpu_model() -> CrossEncoder {
     let dev = backend::select(BackendChoice::Cpu).expect("cpu backend");

@@ -4,8 +4,8 @@
 
 mod common;
 
-use crossbatch_server::backend::{self, BackendChoice, BackendKind};
-use crossbatch_server::model::{CrossEncoder, Encoded, Layout};
+use crossbatch_model::backend::{self, BackendChoice, BackendKind};
+use crossbatch_model::{CrossEncoder, Encoded, Layout};
 
 #[test]
 fn wgpu_logits_match_reference() {

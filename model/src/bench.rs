@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
-use crate::model::{CrossEncoder, Encoded, ModelError};
+use crate::encoder::CrossEncoder;
 use crate::pairs::Pair;
+use crate::scorer::{Encoded, Layout, ModelError, padded_len};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchResult {
@@ -107,12 +108,12 @@ pub fn run(
             .map(|c| c.iter().collect())
             .collect();
         let computed: usize = match model.layout() {
-            crate::model::Layout::Packed => real_tokens,
-            crate::model::Layout::Padded => chunks
+            Layout::Packed => real_tokens,
+            Layout::Padded => chunks
                 .iter()
                 .map(|c| {
                     let longest = c.iter().map(|e| e.len()).max().unwrap_or(0);
-                    c.len() * crate::model::padded_len(longest, cfg.max_position_embeddings)
+                    c.len() * padded_len(longest, cfg.max_position_embeddings)
                 })
                 .sum(),
         };

@@ -1,41 +1,14 @@
 //! The cross-encoder: config, checked weights, the BERT forward on Burn, and the
 //! tokenizer, loaded together from one HuggingFace-format directory.
 
-mod bert;
-pub mod config;
-mod warmup;
-pub mod weights;
-
-use std::path::{Path, PathBuf};
-
-pub use bert::{Bert, Encoded, Layout, padded_len};
-pub use config::BertConfig;
-pub use warmup::{WarmupMode, WarmupReport, padded_shapes};
-pub use weights::{Checkpoint, KeyLayout};
+use std::path::Path;
 
 use crate::backend::SelectedDevice;
+use crate::bert::Bert;
+use crate::config::BertConfig;
+use crate::scorer::{Encoded, Layout, Limits, ModelError, Scorer};
 use crate::tokenize::PairTokenizer;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: invalid config: {message}")]
-    Config { path: PathBuf, message: String },
-    #[error("{path}: {message}")]
-    Checkpoint { path: PathBuf, message: String },
-    #[error("{path}: tokenizer: {message}")]
-    Tokenizer { path: PathBuf, message: String },
-    #[error("invalid input: {0}")]
-    Input(String),
-    #[error("inference failed: {0}")]
-    Inference(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
+use crate::weights::{Checkpoint, KeyLayout};
 
 /// A loaded cross-encoder, ready to score pairs on one device.
 pub struct CrossEncoder {
@@ -156,4 +129,22 @@ fn max_length(dir: &Path, cfg: &BertConfig) -> usize {
     from_tokenizer
         .unwrap_or(cfg.max_position_embeddings)
         .min(cfg.max_position_embeddings)
+}
+
+impl Scorer for CrossEncoder {
+    fn layout(&self) -> Layout {
+        self.layout
+    }
+    fn limits(&self) -> Limits {
+        Limits {
+            max_input_tokens: self.tokenizer.max_len(),
+            max_positions: self.config().max_position_embeddings,
+        }
+    }
+    fn encode(&self, query: &str, passage: &str) -> Result<Encoded, ModelError> {
+        CrossEncoder::encode(self, query, passage)
+    }
+    fn forward(&self, batch: &[&Encoded]) -> Result<Vec<f32>, ModelError> {
+        CrossEncoder::forward(self, batch)
+    }
 }

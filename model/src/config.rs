@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::ModelError;
+use crate::scorer::ModelError;
 
 /// The subset of a HuggingFace `BertConfig` that the forward pass depends on.
 #[derive(Debug, Clone, Deserialize)]

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use crate::model::{Encoded, ModelError};
+use crate::scorer::{Encoded, ModelError};
 
 pub struct PairTokenizer {
     inner: Tokenizer,

@@ -6,9 +6,9 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use crossbatch_server::backend::{self, BackendChoice};
-use crossbatch_server::model::{CrossEncoder, Encoded, KeyLayout, ModelError};
-use crossbatch_server::standin;
+use crossbatch_model::backend::{self, BackendChoice};
+use crossbatch_model::standin;
+use crossbatch_model::{CrossEncoder, Encoded, KeyLayout, ModelError};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};

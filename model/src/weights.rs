@@ -7,8 +7,8 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
-use super::ModelError;
-use super::config::BertConfig;
+use crate::config::BertConfig;
+use crate::scorer::ModelError;
 
 /// A host-side f32 tensor, row-major.
 #[derive(Debug, Clone)]

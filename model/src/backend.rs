@@ -8,7 +8,7 @@ use std::str::FromStr;
 use burn::tensor::wgpu::wgpu as wgpu_api;
 use burn::tensor::{Device, DeviceKind, FloatDType};
 
-use crate::model::Layout;
+use crate::scorer::Layout;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {

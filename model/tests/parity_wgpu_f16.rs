@@ -6,8 +6,8 @@
 
 mod common;
 
-use crossbatch_server::backend::{self, BackendChoice, BackendError, Precision};
-use crossbatch_server::model::{CrossEncoder, Encoded};
+use crossbatch_model::backend::{self, BackendChoice, BackendError, Precision};
+use crossbatch_model::{CrossEncoder, Encoded};
 
 /// Max |f16 logit - HF f64 logit| allowed. Worst measured (2026-12-01): 3.6e-4 on the
 /// software Vulkan driver (lavapipe, LLVM 15, 60 rows), 2.0e-4 on an NVIDIA H200 (all 64

@@ -1,0 +1,27 @@
+//! crossbatch-model: the cross-encoder (`cross-encoder/ms-marco-MiniLM-L-6-v2`) on Burn
+//! behind a small scoring interface ([`Scorer`]), with what loading and measuring it
+//! takes: the device choice, the model source and offline stand-in, the tokenizer, the
+//! offline bench. The server depends on [`Scorer`] for batching and serving.
+
+pub mod backend;
+pub mod bench;
+mod bert;
+pub mod config;
+mod encoder;
+pub mod gpu_monitor;
+pub mod kernel_cache;
+pub mod pairs;
+pub mod pyjson;
+pub mod scorer;
+pub mod source;
+pub mod standin;
+pub mod tokenize;
+mod warmup;
+pub mod weights;
+
+pub use bert::Bert;
+pub use config::BertConfig;
+pub use encoder::{CrossEncoder, is_standin_head};
+pub use scorer::{Encoded, Layout, Limits, ModelError, Scorer, padded_len};
+pub use warmup::{WarmupMode, WarmupReport, padded_shapes};
+pub use weights::{Checkpoint, KeyLayout};
