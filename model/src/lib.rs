@@ -11,6 +11,7 @@ mod encoder;
 pub mod gpu_monitor;
 pub mod kernel_cache;
 pub mod pairs;
+pub mod parity;
 pub mod pyjson;
 pub mod scorer;
 pub mod source;

@@ -3,7 +3,7 @@
 mod common;
 
 use crossbatch_model::backend::{self, BackendChoice};
-use crossbatch_model::{CrossEncoder, Encoded, Layout};
+use crossbatch_model::{CrossEncoder, Encoded, Layout, parity};
 
 fn cpu_model() -> CrossEncoder {
     let dev = backend::select(BackendChoice::Cpu).expect("cpu backend");
@@ -35,26 +35,21 @@ fn check_logits(model: &CrossEncoder, batch: usize, tol: f64) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
         got.extend(model.forward(&refs).expect("forward"));
     }
-    let mut worst = (0.0f64, 0usize);
-    for (i, (g, r)) in got.iter().zip(&rows).enumerate() {
-        let d = (*g as f64 - r.logit_f64).abs();
-        if d > worst.0 {
-            worst = (d, i);
-        }
-    }
+    let want: Vec<f64> = rows.iter().map(|r| r.logit_f64).collect();
+    let worst = parity::worst_error(&got, &want).expect("one score per row");
     eprintln!(
         "{:?} layout, batch {batch}: max |rust - hf_f64| = {:.3e} (row {})",
         model.layout(),
-        worst.0,
-        worst.1
+        worst.error,
+        worst.row
     );
     assert!(
-        worst.0 <= tol,
+        worst.error <= tol,
         "row {} differs by {:.3e} > {tol:e}: got {}, reference {}",
-        worst.1,
-        worst.0,
-        got[worst.1],
-        rows[worst.1].logit_f64
+        worst.row,
+        worst.error,
+        got[worst.row],
+        rows[worst.row].logit_f64
     );
 }
 

@@ -5,7 +5,7 @@
 mod common;
 
 use crossbatch_model::backend::{self, BackendChoice, BackendKind};
-use crossbatch_model::{CrossEncoder, Encoded, Layout};
+use crossbatch_model::{CrossEncoder, Encoded, Layout, parity};
 
 #[test]
 fn wgpu_logits_match_reference() {
@@ -34,15 +34,11 @@ fn wgpu_logits_match_reference() {
             got[i] = s;
         }
     }
-    let (worst, at) = got
-        .iter()
-        .zip(&rows)
-        .map(|(g, r)| (*g as f64 - r.logit_f64).abs())
-        .enumerate()
-        .fold(
-            (0.0f64, 0usize),
-            |acc, (i, d)| if d > acc.0 { (d, i) } else { acc },
-        );
+    let want: Vec<f64> = rows.iter().map(|r| r.logit_f64).collect();
+    let parity::Worst {
+        error: worst,
+        row: at,
+    } = parity::worst_error(&got, &want).expect("one score per row");
     eprintln!("wgpu: max |rust - hf_f64| = {worst:.3e} (row {at})");
     assert!(worst <= 2e-5, "row {at} differs by {worst:.3e}");
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use crossbatch_model::backend::{self, BackendChoice, BackendError, Precision};
-use crossbatch_model::{CrossEncoder, Encoded};
+use crossbatch_model::{CrossEncoder, Encoded, parity};
 
 /// Max |f16 logit - HF f64 logit| allowed. Worst measured (2026-12-01): 3.6e-4 on the
 /// software Vulkan driver (lavapipe, LLVM 15, 60 rows), 2.0e-4 on an NVIDIA H200 (all 64
@@ -68,15 +68,9 @@ fn f16_logits_match_reference_and_rankings_match_f32() {
         .map(|r| f16.encode(&r.query, &r.passage).expect("encodes"))
         .collect();
     let got = scores(&f16, &encoded, 8);
-    let mut worst = (0.0f64, 0usize);
-    for (i, (g, r)) in got.iter().zip(&rows).enumerate() {
-        // A NaN counts as an infinite error, so it fails the bound below.
-        let d = (*g as f64 - r.logit_f64).abs();
-        let d = if d.is_nan() { f64::INFINITY } else { d };
-        if d > worst.0 {
-            worst = (d, i);
-        }
-    }
+    let want: Vec<f64> = rows.iter().map(|r| r.logit_f64).collect();
+    let w = parity::worst_error(&got, &want).expect("one score per row");
+    let worst = (w.error, w.row);
     eprintln!(
         "wgpu f16: max |rust - hf_f64| = {:.3e} over {} rows (row {})",
         worst.0,
