@@ -1,5 +1,7 @@
-//! The dynamic batcher: tokenized pairs wait in a bounded queue; one model thread
-//! takes batches out and runs the forward pass.
+//! The dynamic batcher: tokenized pairs wait in a bounded queue; one scheduler task
+//! takes batches out and runs each forward pass on the blocking pool, one at a time.
+//! Time is tokio's (`tokio::time::Instant`, `sleep_until`), so tests run it against a
+//! fake scorer under paused time, in milliseconds and without sleeps.
 //!
 //! A batch closes when it holds `max_batch` pairs, or (policy `deadline`) `timeout`
 //! after its oldest pair arrived, whichever comes first; policy `eager` sends whatever
@@ -11,10 +13,11 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 
 use crossbatch_model::{Encoded, Layout, ModelError, Scorer, padded_len};
 
@@ -65,6 +68,15 @@ pub enum BatchError {
     Inference(String),
 }
 
+/// The message for a forward pass that panicked (the payload, where it is text).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "the forward pass panicked".into())
+}
+
 /// What a finished request gets back.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
@@ -78,7 +90,7 @@ pub struct Outcome {
     pub batches: u32,
 }
 
-/// Observes batches (telemetry hooks); called on the model thread.
+/// Observes batches (telemetry hooks); called by the scheduler after each batch.
 pub trait BatchObserver: Send + Sync {
     fn batch_done(&self, _info: &BatchInfo) {}
 }
@@ -109,7 +121,7 @@ struct Request {
     deadline: Option<Instant>,
     enqueued: Instant,
     state: Mutex<RequestState>,
-    /// Per-request hook, run on the model thread when one of its batches starts and ends.
+    /// Per-request hook, run by the scheduler when one of its batches starts and ends.
     hooks: Option<Arc<dyn RequestHooks>>,
 }
 
@@ -163,7 +175,8 @@ struct Shared {
     layout: Layout,
     max_positions: usize,
     queue: Mutex<Queue>,
-    wake: Condvar,
+    /// Wakes the scheduler: a new arrival or shutdown.
+    wake: Notify,
     next_batch: AtomicU64,
     queued: std::sync::atomic::AtomicUsize,
 }
@@ -188,19 +201,20 @@ pub struct Batcher {
     shared: Arc<Shared>,
 }
 
+/// The scheduler task; await [`BatcherThread::join`] after [`Batcher::shutdown`].
 pub struct BatcherThread {
-    handle: std::thread::JoinHandle<()>,
+    handle: tokio::task::JoinHandle<()>,
 }
 
 impl BatcherThread {
-    /// Waits until the model thread has drained the queue and exited.
-    pub fn join(self) {
-        let _ = self.handle.join();
+    /// Waits until the scheduler has drained the queue and exited.
+    pub async fn join(self) {
+        let _ = self.handle.await;
     }
 }
 
 impl Batcher {
-    /// Starts the model thread that owns `model`.
+    /// Starts the scheduler task that owns `model`, on the current tokio runtime.
     pub fn start(
         model: Arc<dyn Scorer>,
         cfg: BatcherConfig,
@@ -214,15 +228,11 @@ impl Batcher {
                 items: VecDeque::new(),
                 shutdown: false,
             }),
-            wake: Condvar::new(),
+            wake: Notify::new(),
             next_batch: AtomicU64::new(1),
             queued: Default::default(),
         });
-        let worker = Arc::clone(&shared);
-        let handle = std::thread::Builder::new()
-            .name("crossbatch-model".into())
-            .spawn(move || run(worker, model, observer))
-            .expect("spawning the model thread");
+        let handle = tokio::spawn(run(Arc::clone(&shared), model, observer));
         (Self { shared }, BatcherThread { handle })
     }
 
@@ -289,17 +299,18 @@ impl Batcher {
         Ok(rx)
     }
 
-    /// Stops taking requests; the model thread finishes what is queued, then exits.
+    /// Stops taking requests; the scheduler finishes what is queued, then exits.
     pub fn shutdown(&self) {
         self.shared.lock().shutdown = true;
-        self.shared.wake.notify_all();
+        self.shared.wake.notify_one();
     }
 }
 
-/// The model thread: wait for a batch to close, run it, answer its requests.
-fn run(shared: Arc<Shared>, model: Arc<dyn Scorer>, observer: Arc<dyn BatchObserver>) {
+/// The scheduler: wait for a batch to close, run it on the blocking pool, answer its
+/// requests. A forward pass that panics fails that batch's calls, not the server.
+async fn run(shared: Arc<Shared>, model: Arc<dyn Scorer>, observer: Arc<dyn BatchObserver>) {
     loop {
-        let Some(batch) = next_batch(&shared) else {
+        let Some(batch) = next_batch(&shared).await else {
             return;
         };
         let id = shared.next_batch.fetch_add(1, Ordering::Relaxed);
@@ -314,22 +325,49 @@ fn run(shared: Arc<Shared>, model: Arc<dyn Scorer>, observer: Arc<dyn BatchObser
             duration: Duration::ZERO,
             ok: true,
         };
-        let mut seen: Vec<*const Request> = Vec::new();
-        for item in &batch {
-            let p = Arc::as_ptr(&item.req);
-            if !seen.contains(&p) {
-                seen.push(p);
-                if let Some(h) = &item.req.hooks {
-                    h.batch_started(&info);
-                }
+        for_each_request(&batch, |req| {
+            if let Some(h) = &req.hooks {
+                h.batch_started(&info);
             }
-        }
-        let refs: Vec<&Encoded> = batch.iter().map(|i| &i.enc).collect();
-        let result = model.forward(&refs);
+        });
+        let model = Arc::clone(&model);
+        let (batch, result) = match tokio::task::spawn_blocking(move || {
+            let refs: Vec<&Encoded> = batch.iter().map(|i| &i.enc).collect();
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.forward(&refs)))
+                    .unwrap_or_else(|panic| Err(ModelError::Inference(panic_message(&*panic))));
+            drop(refs);
+            (batch, result)
+        })
+        .await
+        {
+            Ok(done) => done,
+            // Only a cancelled runtime gets here (the closure catches panics): the
+            // batch's requests were dropped with it and their callers see it.
+            Err(e) => {
+                tracing::error!(error = %e, "the forward pass task ended without a result");
+                return;
+            }
+        };
         info.duration = info.started.elapsed();
         info.ok = result.is_ok();
+        if let Err(e) = &result {
+            tracing::error!(batch = id, pairs = info.pairs, error = %e, "forward pass failed");
+        }
         observer.batch_done(&info);
         deliver(&batch, result, &info, shared.layout);
+    }
+}
+
+/// Calls `f` once per distinct request in the batch, in batch order.
+fn for_each_request(batch: &[Item], mut f: impl FnMut(&Request)) {
+    let mut seen: Vec<*const Request> = Vec::new();
+    for item in batch {
+        let p = Arc::as_ptr(&item.req);
+        if !seen.contains(&p) {
+            seen.push(p);
+            f(&item.req);
+        }
     }
 }
 
@@ -376,47 +414,56 @@ fn deliver(batch: &[Item], result: Result<Vec<f32>, ModelError>, info: &BatchInf
     }
 }
 
-/// Blocks until a batch closes (or shutdown with an empty queue: `None`).
-fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
+/// Waits until a batch closes (or shutdown with an empty queue: `None`).
+async fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     let cfg = &shared.cfg;
-    let mut q = shared.lock();
     loop {
-        drop_dead(shared, &mut q);
-        if q.items.is_empty() {
-            if q.shutdown {
-                return None;
-            }
-            q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
-            continue;
-        }
-        let ready = match cfg.policy {
-            BatchPolicy::Eager => true,
-            BatchPolicy::Deadline => {
-                let oldest = q.items.front().map(|i| i.req.enqueued);
-                let due = oldest.map(|t| t + cfg.timeout);
-                let now = Instant::now();
-                if q.items.len() >= cfg.max_batch || q.shutdown || due.is_some_and(|d| now >= d) {
-                    true
-                } else {
-                    // Wake at the timeout, or at the earliest deadline of a waiting
-                    // request (so it leaves the queue on time), or on a new arrival.
-                    let mut wait_until = due.unwrap_or(now + cfg.timeout);
-                    if let Some(d) = q.items.iter().filter_map(|i| i.req.deadline).min() {
-                        wait_until = wait_until.min(d);
-                    }
-                    let (guard, _) = shared
-                        .wake
-                        .wait_timeout(q, wait_until.saturating_duration_since(now))
-                        .unwrap_or_else(|p| p.into_inner());
-                    q = guard;
-                    continue;
+        // Registered before the queue is read, so a wake-up between the read and the
+        // wait is not lost.
+        let woken = shared.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let wait_until = {
+            let mut q = shared.lock();
+            drop_dead(shared, &mut q);
+            if q.items.is_empty() {
+                if q.shutdown {
+                    return None;
                 }
+                None
+            } else {
+                let now = Instant::now();
+                let due = q.items.front().map(|i| i.req.enqueued + cfg.timeout);
+                let ready = match cfg.policy {
+                    BatchPolicy::Eager => true,
+                    BatchPolicy::Deadline => {
+                        q.items.len() >= cfg.max_batch
+                            || q.shutdown
+                            || due.is_some_and(|d| now >= d)
+                    }
+                };
+                if ready {
+                    let batch = take_batch(shared, &mut q);
+                    shared.queued.store(q.items.len(), Ordering::Relaxed);
+                    return Some(batch);
+                }
+                // Wake at the timeout, or at the earliest deadline of a waiting
+                // request (so it leaves the queue on time), or on a new arrival.
+                let mut until = due.unwrap_or(now + cfg.timeout);
+                if let Some(d) = q.items.iter().filter_map(|i| i.req.deadline).min() {
+                    until = until.min(d);
+                }
+                Some(until)
             }
         };
-        if ready {
-            let batch = take_batch(shared, &mut q);
-            shared.queued.store(q.items.len(), Ordering::Relaxed);
-            return Some(batch);
+        match wait_until {
+            Some(t) => {
+                tokio::select! {
+                    _ = &mut woken => {}
+                    _ = tokio::time::sleep_until(t) => {}
+                }
+            }
+            None => woken.await,
         }
     }
 }

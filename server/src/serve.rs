@@ -356,7 +356,7 @@ pub async fn serve(
         r.batcher.shutdown();
     }
     if let Some(t) = thread {
-        tokio::task::spawn_blocking(move || t.join()).await.ok();
+        t.join().await;
     }
     if let Some(s) = sampler {
         s.abort();

@@ -2,7 +2,7 @@
 //! pool, the batcher, and the response with TEI-style timing.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbatch_proto::v1::cross_encoder_server::CrossEncoder as CrossEncoderApi;
 use crossbatch_proto::v1::{
@@ -10,6 +10,7 @@ use crossbatch_proto::v1::{
     Timing,
 };
 use tokio::sync::{OnceCell, oneshot};
+use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
@@ -123,14 +124,14 @@ impl ScoringService {
         let rx = ready.batcher.submit(encoded, deadline, Some(hooks))?;
         let outcome = async {
             match deadline {
-                Some(d) => tokio::time::timeout_at(d.into(), rx).await.map_err(|_| {
+                Some(d) => tokio::time::timeout_at(d, rx).await.map_err(|_| {
                     BatchError::DeadlineExceeded {
                         waited_ms: started.elapsed().as_millis() as u64,
                     }
                 })?,
                 None => rx.await,
             }
-            .map_err(|_| ServeError::Internal("the model thread dropped the call".into()))?
+            .map_err(|_| ServeError::Internal("the batcher dropped the call".into()))?
             .map_err(ServeError::from)
         };
         let outcome = outcome.await?;
