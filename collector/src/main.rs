@@ -148,30 +148,7 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             join_timeout: Duration::from_secs(a.join_timeout_s),
             ..CollectConfig::new(a.naming.out, a.naming.name)
         };
-        serve(cfg, listener, shutdown_signal()).await?;
+        serve(cfg, listener, crossbatch_proto::lifecycle::shutdown_signal()).await?;
         Ok(())
     })
-}
-
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

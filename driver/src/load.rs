@@ -285,25 +285,11 @@ pub async fn wait_serving(target: &str, timeout: Duration) -> Result<Channel, St
         let endpoint =
             Channel::from_shared(target.to_string()).map_err(|e| format!("{target}: {e}"))?;
         match endpoint.connect().await {
-            Ok(ch) => {
-                let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
-                match h
-                    .check(tonic_health::pb::HealthCheckRequest {
-                        service: "crossbatch.v1.CrossEncoder".into(),
-                    })
-                    .await
-                {
-                    Ok(r)
-                        if r.get_ref().status
-                            == tonic_health::pb::health_check_response::ServingStatus::Serving
-                                as i32 =>
-                    {
-                        return Ok(ch);
-                    }
-                    Ok(r) => last = format!("health status {}", r.get_ref().status),
-                    Err(e) => last = e.message().to_string(),
-                }
-            }
+            Ok(ch) => match crossbatch_proto::lifecycle::not_serving(ch.clone()).await {
+                Ok(None) => return Ok(ch),
+                Ok(Some(status)) => last = format!("health status {}", status.as_str_name()),
+                Err(e) => last = e.message().to_string(),
+            },
             Err(e) => last = e.to_string(),
         }
         if Instant::now() >= until {

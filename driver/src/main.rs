@@ -227,7 +227,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        interrupt_signal().await;
+        crossbatch_proto::lifecycle::shutdown_signal().await;
         eprintln!("interrupted: finishing calls in flight, then summarising");
         let _ = stop_tx.send(true);
     });
@@ -277,20 +277,4 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Ctrl-C, or SIGTERM (`docker stop`): both stop the run cleanly.
-async fn interrupt_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

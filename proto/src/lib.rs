@@ -5,6 +5,8 @@ pub mod v1 {
     tonic::include_proto!("crossbatch.v1");
 }
 
+pub mod lifecycle;
+
 /// Encoded `FileDescriptorSet` of the API, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/crossbatch_descriptor.bin"));

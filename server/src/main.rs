@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crossbatch_model::backend::{self, BackendChoice, Precision};
 use crossbatch_model::{CrossEncoder, Encoded};
 use crossbatch_model::{bench, kernel_cache, pairs, source, standin};
+use crossbatch_proto::lifecycle;
 use crossbatch_server::{serve, serve_bench, telemetry};
 
 #[global_allocator]
@@ -369,32 +370,9 @@ fn run_serve(args: serve::ServeArgs) -> Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        serve::serve(args, listener, shutdown_signal()).await?;
+        serve::serve(args, listener, lifecycle::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
@@ -519,23 +497,17 @@ fn health(args: HealthArgs) -> Result<ExitCode> {
             let ch = tonic::transport::Channel::from_shared(args.target.clone())?
                 .connect()
                 .await?;
-            let r = tonic_health::pb::health_client::HealthClient::new(ch)
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: "crossbatch.v1.CrossEncoder".into(),
-                })
-                .await?;
-            Ok::<_, anyhow::Error>(r.into_inner().status)
+            Ok::<_, anyhow::Error>(lifecycle::not_serving(ch).await?)
         };
         tokio::time::timeout(std::time::Duration::from_secs(args.timeout), check).await
     });
-    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
     match status {
-        Ok(Ok(s)) if s == serving => {
+        Ok(Ok(None)) => {
             println!("SERVING");
             Ok(ExitCode::SUCCESS)
         }
-        Ok(Ok(s)) => {
-            println!("not serving (status {s})");
+        Ok(Ok(Some(s))) => {
+            println!("not serving ({})", s.as_str_name());
             Ok(ExitCode::FAILURE)
         }
         Ok(Err(e)) => {

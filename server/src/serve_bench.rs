@@ -149,11 +149,10 @@ pub async fn start_local(
     let channel = Channel::from_shared(addr)
         .map_err(|e| StartError::Transport(e.to_string()))?
         .connect_lazy();
-    // Ready when Info answers (UNAVAILABLE while the model loads).
-    let mut c = CrossEncoderClient::new(channel.clone());
+    // Ready when health says SERVING (NOT_SERVING while the model loads).
     let until = Instant::now() + Duration::from_secs(600);
     loop {
-        if c.info(crossbatch_proto::v1::InfoRequest {}).await.is_ok() {
+        if let Ok(None) = crossbatch_proto::lifecycle::not_serving(channel.clone()).await {
             break;
         }
         if task.is_finished() || Instant::now() > until {
