@@ -181,7 +181,7 @@ fn configs(d: &RunData) -> Vec<ConfigReport> {
         for r in &recs {
             conc.insert(&r.driver_id, r.concurrency);
         }
-        let ok: Vec<&&CallRecord> = calls.iter().filter(|c| c.client.status == "OK").collect();
+        let ok: Vec<&&CallRecord> = calls.iter().filter(|c| c.client.status.is_ok()).collect();
         let latency: Vec<f64> = ok.iter().map(|c| c.client.latency_ms).collect();
         let throughput: Vec<f64> = ok
             .iter()
@@ -189,8 +189,10 @@ fn configs(d: &RunData) -> Vec<ConfigReport> {
             .collect();
         let mut errors = BTreeMap::new();
         let mut pairs_failed = 0;
-        for c in calls.iter().filter(|c| c.client.status != "OK") {
-            *errors.entry(c.client.status.clone()).or_insert(0) += 1;
+        for c in calls.iter().filter(|c| !c.client.status.is_ok()) {
+            *errors
+                .entry(c.client.status.name().to_string())
+                .or_insert(0) += 1;
             pairs_failed += c.client.pairs;
         }
         let pairs: usize = ok.iter().map(|c| c.client.pairs).sum();
@@ -394,7 +396,7 @@ fn series(d: &RunData) -> (f64, Vec<SeriesRow>) {
             acc[i].cpu.push(v);
         }
     }
-    for c in measured(&d.calls).filter(|c| c.client.status == "OK") {
+    for c in measured(&d.calls).filter(|c| c.client.status.is_ok()) {
         let Some(i) = slot(c.client.end_unix_ns) else {
             continue;
         };
@@ -461,10 +463,10 @@ fn drivers(d: &RunData) -> Vec<DriverRow> {
                 pairs_sent: calls.iter().map(|c| c.client.pairs).sum(),
                 pairs_ok: calls
                     .iter()
-                    .filter(|c| c.client.status == "OK")
+                    .filter(|c| c.client.status.is_ok())
                     .map(|c| c.client.pairs)
                     .sum(),
-                errors: calls.iter().filter(|c| c.client.status != "OK").count(),
+                errors: calls.iter().filter(|c| !c.client.status.is_ok()).count(),
                 state: match run {
                     Some(r) if r.interrupted => "interrupted".into(),
                     Some(_) => "finished".into(),
@@ -488,7 +490,7 @@ pub fn build(d: &RunData, meta: &Meta) -> Report {
     let cfgs = configs(d);
     let (interval, rows) = series(d);
     let measured_ok: Vec<_> = measured(&d.calls)
-        .filter(|c| c.client.status == "OK")
+        .filter(|c| c.client.status.is_ok())
         .collect();
     let mut partial = meta.partial.clone();
     if partial.is_none() && meta.expect_drivers > 0 && d.runs.len() < meta.expect_drivers {

@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crossbatch_proto::StatusCode;
 use crossbatch_proto::attrs as a;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -24,7 +25,7 @@ pub struct ClientPart {
     pub concurrency: usize,
     pub pairs: usize,
     pub warmup: bool,
-    pub status: String,
+    pub status: StatusCode,
     /// The driver's latency (from the intended start in open loop).
     pub latency_ms: f64,
     pub start_unix_ns: u64,
@@ -37,7 +38,7 @@ pub struct ClientPart {
 pub struct ServerPart {
     /// Seen the RPC span itself (children can arrive without it, for a while).
     pub rpc: bool,
-    pub status: Option<String>,
+    pub status: Option<StatusCode>,
     pub tokenize_ms: Option<f64>,
     pub queue_ms: Option<f64>,
     pub inference_ms: Option<f64>,
@@ -227,15 +228,21 @@ fn duration_ms(s: &Span) -> Option<f64> {
         .then(|| (s.end_time_unix_nano - s.start_time_unix_nano) as f64 / 1e6)
 }
 
-/// The status name of a server RPC span under either semantic-convention generation.
-fn server_status(attrs: &[KeyValue]) -> Option<String> {
+/// The status of a server RPC span under either semantic-convention generation.
+fn server_status(attrs: &[KeyValue]) -> Option<StatusCode> {
     if let Some(s) = str_attr(attrs, "rpc.response.status_code") {
-        return Some(s);
+        return Some(status_from_name(&s));
     }
     let code = int_attr(attrs, "rpc.grpc.status_code")?;
     i32::try_from(code)
         .ok()
-        .map(|c| crossbatch_proto::code_name(tonic::Code::from_i32(c)).to_string())
+        .map(|c| StatusCode(tonic::Code::from_i32(c)))
+}
+
+/// A status name from a span; a name that is no gRPC code counts as UNKNOWN (an
+/// error), so the call is kept and counted rather than dropped.
+fn status_from_name(name: &str) -> StatusCode {
+    StatusCode::from_name(name).unwrap_or(StatusCode(tonic::Code::Unknown))
 }
 
 fn is_server_rpc(s: &Span) -> bool {
@@ -312,7 +319,7 @@ impl Store {
                         concurrency: uint_attr(at, a::CONCURRENCY)?,
                         pairs: uint_attr(at, a::PAIRS)?,
                         warmup: bool_attr(at, a::WARMUP).unwrap_or(false),
-                        status: str_attr(at, a::STATUS)?,
+                        status: status_from_name(&str_attr(at, a::STATUS)?),
                         latency_ms: f64_attr(at, a::LATENCY_US)
                             .map(|us| us / 1e3)
                             .or_else(|| duration_ms(s))?,
@@ -552,7 +559,7 @@ impl Store {
                 && !c.warmup
             {
                 have += 1;
-                if c.status == "OK" && !p.server.as_ref().is_some_and(|s| s.rpc) {
+                if c.status.is_ok() && !p.server.as_ref().is_some_and(|s| s.rpc) {
                     unjoined += 1;
                 }
             }

@@ -137,7 +137,7 @@ pub fn latency(r: &Report) -> String {
         let lat: Vec<f64> = r
             .calls
             .iter()
-            .filter(|k| !k.client.warmup && k.client.status == "OK" && k.client.step == c.step)
+            .filter(|k| !k.client.warmup && k.client.status.is_ok() && k.client.step == c.step)
             .map(|k| k.client.latency_ms)
             .collect();
         let max = lat.iter().copied().fold(0.0, f64::max);

@@ -122,12 +122,12 @@ impl Caller {
             intended_us: us(intended),
             sent_us: us(sent),
             latency_us: done.saturating_duration_since(from_t).as_micros() as u64,
-            code: crossbatch_proto::code_name(code).into(),
+            code: code.into(),
             warmup,
         };
         if let (Some(t), Some(span)) = (&self.telemetry, span) {
             let intended_wall = self.origin_wall + intended.saturating_duration_since(self.origin);
-            t.end_call(span, &sample, code, self.cfg.step, intended_wall);
+            t.end_call(span, &sample, self.cfg.step, intended_wall);
         }
         sample
     }
@@ -202,7 +202,7 @@ pub async fn run_step(
                         }
                         let n = batch.min(total - from);
                         let s = c.call(from, n, Instant::now(), false).await;
-                        if s.code == "OK" {
+                        if s.code.is_ok() {
                             progress.pairs_done.fetch_add(n, Ordering::Relaxed);
                         } else {
                             progress.errors.fetch_add(1, Ordering::Relaxed);
@@ -253,7 +253,7 @@ pub async fn run_step(
                 let progress = Arc::clone(&progress);
                 tasks.push(tokio::spawn(async move {
                     let s = c.call(from, n, intended, false).await;
-                    if s.code == "OK" {
+                    if s.code.is_ok() {
                         progress.pairs_done.fetch_add(n, Ordering::Relaxed);
                     } else {
                         progress.errors.fetch_add(1, Ordering::Relaxed);

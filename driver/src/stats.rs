@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crossbatch_proto::StatusCode;
 use serde::{Deserialize, Serialize};
 
 /// One call, as written to `--samples-out` (one JSON line each).
@@ -24,8 +25,8 @@ pub struct Sample {
     pub sent_us: u64,
     /// Latency in µs: from the intended start (open loop) or from sending (closed loop).
     pub latency_us: u64,
-    /// gRPC status code name ("OK", "UNAVAILABLE", …).
-    pub code: String,
+    /// The call's gRPC status (written as its name: "OK", "UNAVAILABLE", …).
+    pub code: StatusCode,
     /// Sent during warm-up: left out of every figure.
     pub warmup: bool,
 }
@@ -68,11 +69,11 @@ pub fn summarise(samples: &[Sample], wall: Duration, late: usize) -> Summary {
     let mut errors = BTreeMap::new();
     let mut pairs_ok = 0;
     for s in &measured {
-        if s.code == "OK" {
+        if s.code.is_ok() {
             pairs_ok += s.pairs;
             lat.push(s.latency_us);
         } else {
-            *errors.entry(s.code.clone()).or_insert(0) += 1;
+            *errors.entry(s.code.name().to_string()).or_insert(0) += 1;
         }
     }
     lat.sort_unstable();
@@ -154,7 +155,7 @@ mod tests {
             intended_us: 0,
             sent_us: 0,
             latency_us,
-            code: code.into(),
+            code: StatusCode::from_name(code).expect("a status name"),
             warmup,
         }
     }

@@ -177,7 +177,7 @@ pub fn step_record(step: &StepConfig, r: &StepResult) -> StepRecord {
     for s in measured {
         rec.calls_sent += 1;
         rec.pairs_sent += s.pairs;
-        if s.code == "OK" {
+        if s.code.is_ok() {
             rec.calls_ok += 1;
             rec.pairs_ok += s.pairs;
         }

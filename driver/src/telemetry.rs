@@ -187,14 +187,7 @@ impl ClientTelemetry {
     }
 
     /// Ends a call's span with what the call measured.
-    pub fn end_call(
-        &self,
-        call: CallSpan,
-        s: &Sample,
-        code: tonic::Code,
-        step: usize,
-        intended: SystemTime,
-    ) {
+    pub fn end_call(&self, call: CallSpan, s: &Sample, step: usize, intended: SystemTime) {
         let span = call.cx.span();
         span.set_attributes([
             KeyValue::new(a::RUN_ID, self.id.run_id.clone()),
@@ -204,16 +197,16 @@ impl ClientTelemetry {
             usize_kv(a::CONCURRENCY, s.concurrency),
             usize_kv(a::PAIRS, s.pairs),
             KeyValue::new(a::WARMUP, s.warmup),
-            KeyValue::new(a::STATUS, s.code.clone()),
+            KeyValue::new(a::STATUS, s.code.name()),
             KeyValue::new(a::INTENDED_START, unix_nanos(intended)),
             KeyValue::new(a::LATENCY_US, s.latency_us as i64),
             KeyValue::new("rpc.system", "grpc"),
             KeyValue::new("rpc.service", "crossbatch.v1.CrossEncoder"),
             KeyValue::new("rpc.method", "Score"),
-            KeyValue::new("rpc.grpc.status_code", code as i64),
+            KeyValue::new("rpc.grpc.status_code", s.code.0 as i64),
         ]);
-        if code != tonic::Code::Ok {
-            span.set_status(Status::error(s.code.clone()));
+        if !s.code.is_ok() {
+            span.set_status(Status::error(s.code.name()));
         }
         span.end_with_timestamp(SystemTime::now());
     }

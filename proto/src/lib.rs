@@ -36,6 +36,55 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// A gRPC status code, compared as a code and written (span attributes, samples files,
+/// report JSON) as its canonical name ("OK", "UNAVAILABLE", …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatusCode(pub tonic::Code);
+
+impl StatusCode {
+    pub const OK: Self = Self(tonic::Code::Ok);
+
+    pub fn is_ok(self) -> bool {
+        self.0 == tonic::Code::Ok
+    }
+    pub fn name(self) -> &'static str {
+        code_name(self.0)
+    }
+    /// The code a canonical name stands for; `None` for any other text.
+    pub fn from_name(name: &str) -> Option<Self> {
+        (0..=16)
+            .map(tonic::Code::from_i32)
+            .find(|&c| code_name(c) == name)
+            .map(Self)
+    }
+}
+
+impl From<tonic::Code> for StatusCode {
+    fn from(c: tonic::Code) -> Self {
+        Self(c)
+    }
+}
+
+impl std::fmt::Display for StatusCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for StatusCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StatusCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown gRPC status {name:?}")))
+    }
+}
+
 /// Span names and attribute keys shared by the driver (which writes them) and the
 /// collector (which reads them): the contract between the two, in one place.
 pub mod attrs {
@@ -87,4 +136,26 @@ pub mod attrs {
     pub const SERVER_TIMEOUT_MS: &str = "server.batch_timeout_ms";
     pub const SERVER_POLICY: &str = "server.batch_policy";
     pub const SERVER_VERSION: &str = "server.version";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_round_trip_through_their_names() {
+        for i in 0..=16 {
+            let c = StatusCode(tonic::Code::from_i32(i));
+            assert_eq!(StatusCode::from_name(c.name()), Some(c));
+            let json = serde_json::to_string(&c).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", c.name()));
+            assert_eq!(
+                serde_json::from_str::<StatusCode>(&json).expect("parses"),
+                c
+            );
+        }
+        assert_eq!(StatusCode::from_name("Ok"), None);
+        assert!(serde_json::from_str::<StatusCode>("\"NOPE\"").is_err());
+        assert!(StatusCode::OK.is_ok() && !StatusCode(tonic::Code::Internal).is_ok());
+    }
 }
