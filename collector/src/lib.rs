@@ -5,6 +5,7 @@
 pub mod coordinate;
 pub mod output;
 pub mod receiver;
+pub mod render;
 pub mod report;
 pub mod serve;
 pub mod spans_file;

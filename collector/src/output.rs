@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::report::{Plots, Report, markdown};
+use crate::render::{Plots, markdown};
+use crate::report::Report;
 use crate::svg;
 
 #[derive(Debug, thiserror::Error)]
