@@ -445,7 +445,7 @@ async fn prometheus_metrics_count_outcomes_batches_and_queue() {
         let mut s = tokio::net::TcpStream::connect(&metrics_addr)
             .await
             .expect("metrics");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
             .expect("write");
         let mut out = String::new();
@@ -460,9 +460,11 @@ async fn prometheus_metrics_count_outcomes_batches_and_queue() {
         "crossbatch_tokenize_duration_seconds_count 1",
         "crossbatch_queue_duration_seconds_count 1",
         "crossbatch_inference_duration_seconds_count 1",
-        "crossbatch_batch_pairs_bucket{le=\"2\"} 1",
-        "crossbatch_batch_pairs_sum 2",
+        // OpenMetrics writes float bounds and sums with a decimal point.
+        "crossbatch_batch_pairs_bucket{le=\"2.0\"} 1",
+        "crossbatch_batch_pairs_sum 2.0",
         "crossbatch_queue_pairs 0",
+        "# EOF",
     ] {
         assert!(
             body.lines().any(|l| l == line),
