@@ -19,21 +19,12 @@ fn wgpu_logits_match_reference() {
     assert_eq!(model.layout(), Layout::Padded);
 
     let rows = common::parity_rows();
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    // Length-sorted batches of 8: few distinct padded shapes (each is compiled once).
-    order.sort_by_key(|&i| rows[i].seq_len);
     let encoded: Vec<Encoded> = rows
         .iter()
         .map(|r| model.encode(&r.query, &r.passage).expect("encodes"))
         .collect();
-    let mut got = vec![f32::NAN; rows.len()];
-    for chunk in order.chunks(8) {
-        let refs: Vec<&Encoded> = chunk.iter().map(|&i| &encoded[i]).collect();
-        let scores = model.forward(&refs).expect("wgpu forward");
-        for (&i, s) in chunk.iter().zip(scores) {
-            got[i] = s;
-        }
-    }
+    // Batches of 8 sharing one padded length: 6 shapes for the 64 rows.
+    let got = common::score_in_padded_batches(&model, &encoded, 8);
     let want: Vec<f64> = rows.iter().map(|r| r.logit_f64).collect();
     let parity::Worst {
         error: worst,
