@@ -24,6 +24,7 @@ RUN set -e; mkdir -p /out; \
     else \
         cargo build --release --locked -p crossbatch-server -p crossbatch-driver -p crossbatch-collector; \
         cp target/release/crossbatch-server target/release/crossbatch-driver target/release/crossbatch-collector /out/; \
+        strip --strip-debug /out/crossbatch-* || true; \
     fi
 
 FROM ${BASE} AS runtime

@@ -103,9 +103,9 @@ impl Caller {
             .as_ref()
             .map(|t| t.start_call(req.metadata_mut()));
         let sent = Instant::now();
-        let code = match self.client.score(req).await {
-            Ok(_) => tonic::Code::Ok,
-            Err(s) => s.code(),
+        let (code, server) = match self.client.score(req).await {
+            Ok(r) => (tonic::Code::Ok, r.into_inner().timing.map(Into::into)),
+            Err(s) => (s.code(), None),
         };
         let done = Instant::now();
         let us = |t: Instant| t.saturating_duration_since(self.origin).as_micros() as u64;
@@ -124,6 +124,7 @@ impl Caller {
             latency_us: done.saturating_duration_since(from_t).as_micros() as u64,
             code: code.into(),
             warmup,
+            server,
         };
         if let (Some(t), Some(span)) = (&self.telemetry, span) {
             let intended_wall = self.origin_wall + intended.saturating_duration_since(self.origin);

@@ -29,6 +29,31 @@ pub struct Sample {
     pub code: StatusCode,
     /// Sent during warm-up: left out of every figure.
     pub warmup: bool,
+    /// What the server said the call cost (its `timing`), when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerTiming>,
+}
+
+/// The server's own account of one call (`ScoreResponse.timing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerTiming {
+    pub tokenization_ns: u64,
+    pub queue_ns: u64,
+    pub inference_ns: u64,
+    pub real_tokens: u64,
+    pub padded_tokens: u64,
+}
+
+impl From<crossbatch_proto::v1::Timing> for ServerTiming {
+    fn from(t: crossbatch_proto::v1::Timing) -> Self {
+        Self {
+            tokenization_ns: t.tokenization_ns,
+            queue_ns: t.queue_ns,
+            inference_ns: t.inference_ns,
+            real_tokens: t.real_tokens,
+            padded_tokens: t.padded_tokens,
+        }
+    }
 }
 
 /// Index of the nearest-rank `p` quantile in a sorted list of `n` values.
@@ -157,6 +182,7 @@ mod tests {
             latency_us,
             code: StatusCode::from_name(code).expect("a status name"),
             warmup,
+            server: None,
         }
     }
 

@@ -377,6 +377,16 @@ fn run_serve(args: serve::ServeArgs) -> Result<ExitCode> {
 
 fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
     let pairs = std::sync::Arc::new(pairs::read_jsonl(&args.input).map_err(anyhow::Error::msg)?);
+    // The same pairs as the driver library's workload, for the served load.
+    let workload = std::sync::Arc::new(
+        pairs
+            .iter()
+            .map(|p| crossbatch_driver::workload::Pair {
+                query: p.query.clone(),
+                passage: p.passage.clone(),
+            })
+            .collect::<Vec<_>>(),
+    );
     if pairs.is_empty() {
         bail!("{} holds no pairs", args.input.display());
     }
@@ -438,9 +448,9 @@ fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
             ("eager", vec!["--batch-policy", "eager"], 8, 1),
         ] {
             let (ch, stop, task) = serve_bench::start_local(&base(&flags)).await?;
-            // Warm-up, left out.
-            serve_bench::closed_loop(ch.clone(), pairs.clone(), batch, conc, 64).await;
-            let r = serve_bench::closed_loop(ch, pairs.clone(), batch, conc, n).await;
+            // 64 pairs of warm-up, left out of the figures.
+            let warmup_calls = 64usize.div_ceil(batch);
+            let r = serve_bench::closed_loop(ch, workload.clone(), batch, conc, n, warmup_calls).await;
             let _ = stop.send(());
             let _ = task.await;
             eprintln!(
@@ -448,7 +458,7 @@ fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
                 r.pairs_per_s(),
                 r.mean_latency().as_secs_f64() * 1e3,
                 100.0 * r.overhead_share(),
-                r.errors
+                r.errors()
             );
             rows.push((label, batch, conc, r));
         }
@@ -460,7 +470,7 @@ fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
                 flags[i + 1] = "8".into();
             }
             let (ch, stop, task) = serve_bench::start_local(&flags).await?;
-            let r = serve_bench::closed_loop(ch, pairs.clone(), 1, 32, n).await;
+            let r = serve_bench::closed_loop(ch, workload.clone(), 1, 32, n, 0).await;
             let _ = stop.send(());
             let _ = task.await;
             eprintln!("  padded layout, group-by-length {group}: padding waste {:.1}%", 100.0 * r.padding_waste());
@@ -476,7 +486,7 @@ fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
                 100.0 * r.pairs_per_s() / offline,
                 r.mean_latency().as_secs_f64() * 1e3,
                 100.0 * r.overhead_share(),
-                r.errors
+                r.errors()
             );
         }
         println!("\n| padded layout, max-batch 8, concurrency 32 x 1 pair | padding waste |\n|---|---|");

@@ -7,47 +7,57 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use crossbatch_proto::v1::cross_encoder_client::CrossEncoderClient;
-use crossbatch_proto::v1::{Pair as ProtoPair, ScoreRequest, Timing};
+use crossbatch_driver::load::{Mode, StepConfig, run_step};
+use crossbatch_driver::stats::Sample;
+use crossbatch_driver::workload::Pair;
 use tonic::transport::Channel;
 
 use crate::serve::{ServeArgs, StartError, serve};
-use crossbatch_model::pairs::Pair;
 
+/// One measured step: what the driver library recorded, call by call.
 #[derive(Debug, Clone, Default)]
 pub struct LoadResult {
-    pub calls: usize,
-    pub pairs: usize,
+    pub samples: Vec<Sample>,
     pub wall: Duration,
-    pub latencies: Vec<Duration>,
-    pub timings: Vec<Timing>,
-    pub errors: usize,
 }
 
 impl LoadResult {
+    fn ok(&self) -> impl Iterator<Item = &Sample> {
+        self.samples.iter().filter(|s| !s.warmup && s.code.is_ok())
+    }
+    pub fn errors(&self) -> usize {
+        self.samples
+            .iter()
+            .filter(|s| !s.warmup && !s.code.is_ok())
+            .count()
+    }
     pub fn pairs_per_s(&self) -> f64 {
-        self.pairs as f64 / self.wall.as_secs_f64()
+        self.ok().map(|s| s.pairs).sum::<usize>() as f64 / self.wall.as_secs_f64()
     }
     pub fn mean_latency(&self) -> Duration {
-        self.latencies.iter().sum::<Duration>() / self.latencies.len().max(1) as u32
+        let n = self.ok().count().max(1) as u64;
+        Duration::from_micros(self.ok().map(|s| s.latency_us).sum::<u64>() / n)
     }
     /// Mean share of client latency outside tokenization, queue wait and inference.
     pub fn overhead_share(&self) -> f64 {
         let shares: Vec<f64> = self
-            .latencies
-            .iter()
-            .zip(&self.timings)
-            .map(|(l, t)| {
+            .ok()
+            .filter_map(|s| {
+                let t = s.server?;
                 let inside = (t.tokenization_ns + t.queue_ns + t.inference_ns) as f64;
-                let lat = l.as_nanos() as f64;
-                ((lat - inside) / lat).max(0.0)
+                let lat = s.latency_us as f64 * 1e3;
+                Some(((lat - inside) / lat).max(0.0))
             })
             .collect();
         shares.iter().sum::<f64>() / shares.len().max(1) as f64
     }
     pub fn padding_waste(&self) -> f64 {
-        let real: u64 = self.timings.iter().map(|t| t.real_tokens).sum();
-        let padded: u64 = self.timings.iter().map(|t| t.padded_tokens).sum();
+        let (real, padded) = self
+            .ok()
+            .filter_map(|s| s.server)
+            .fold((0u64, 0u64), |(r, p), t| {
+                (r + t.real_tokens, p + t.padded_tokens)
+            });
         if padded == 0 {
             0.0
         } else {
@@ -56,67 +66,34 @@ impl LoadResult {
     }
 }
 
-/// Closed loop: `concurrency` workers send calls of `batch` pairs back to back until
-/// `total` pairs are sent (pairs taken in order, cycling).
+/// Closed loop through the driver library: `concurrency` workers send calls of `batch`
+/// pairs back to back until `total` pairs are sent (pairs in order, cycling), after
+/// `warmup_calls` calls that are left out of every figure.
 pub async fn closed_loop(
     channel: Channel,
     pairs: Arc<Vec<Pair>>,
     batch: usize,
     concurrency: usize,
     total: usize,
+    warmup_calls: usize,
 ) -> LoadResult {
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let mut client = CrossEncoderClient::new(channel.clone());
-        let next = Arc::clone(&next);
-        let pairs = Arc::clone(&pairs);
-        tasks.push(tokio::spawn(async move {
-            let mut r = LoadResult::default();
-            loop {
-                let from = next.fetch_add(batch, std::sync::atomic::Ordering::Relaxed);
-                if from >= total {
-                    return r;
-                }
-                let n = batch.min(total - from);
-                let req = ScoreRequest {
-                    pairs: (from..from + n)
-                        .map(|i| {
-                            let p = &pairs[i % pairs.len()];
-                            ProtoPair {
-                                query: p.query.clone(),
-                                passage: p.passage.clone(),
-                            }
-                        })
-                        .collect(),
-                    raw_scores: true,
-                };
-                let t = Instant::now();
-                match client.score(req).await {
-                    Ok(resp) => {
-                        r.latencies.push(t.elapsed());
-                        r.timings.push(resp.into_inner().timing.unwrap_or_default());
-                        r.pairs += n;
-                    }
-                    Err(_) => r.errors += 1,
-                }
-                r.calls += 1;
-            }
-        }));
+    let cfg = StepConfig {
+        step: 0,
+        batch,
+        concurrency,
+        pairs: total,
+        warmup_calls,
+        deadline: None,
+        mode: Mode::Closed,
+        run_id: "bench-serve".into(),
+        driver_id: "bench-serve".into(),
+    };
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let r = run_step(channel, pairs, cfg, Arc::default(), stop, None).await;
+    LoadResult {
+        samples: r.samples,
+        wall: r.wall,
     }
-    let mut all = LoadResult::default();
-    for t in tasks {
-        if let Ok(r) = t.await {
-            all.calls += r.calls;
-            all.pairs += r.pairs;
-            all.errors += r.errors;
-            all.latencies.extend(r.latencies);
-            all.timings.extend(r.timings);
-        }
-    }
-    all.wall = start.elapsed();
-    all
 }
 
 /// A server in this process on 127.0.0.1 with `flags`; returns its channel and a stop handle.
