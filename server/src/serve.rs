@@ -284,10 +284,18 @@ pub async fn serve(
     };
     let (health, health_svc) = tonic_health::server::health_reporter();
     set_health(&health, false).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crossbatch_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection generations: grpcurl and ghz ask v1, grpcio's reflection client
+    // and older tools (Postman, older grpcurl) only v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crossbatch_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(|e| StartError::Transport(e.to_string()))?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(|e| StartError::Transport(e.to_string()))?;
     // Room for a full call of long texts.
     let max_msg = (args.max_client_batch * 2 * args.max_text_bytes + 4096).min(256 << 20);
@@ -310,6 +318,7 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .add_service(health_svc)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(api)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal);
     tracing::info!(addr = ?addr, "listening (NOT_SERVING until the model is warm)");

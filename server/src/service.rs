@@ -99,8 +99,14 @@ impl ScoringService {
         ready.tokenizers.spawn(move || {
             let _g = tok_span.enter();
             let t = Instant::now();
-            let r: Result<Vec<Encoded>, _> =
-                pairs.iter().map(|(q, p)| model.encode(q, p)).collect();
+            // A panic inside the tokenizer on some input fails this call, not the
+            // process (rayon aborts on a panic that escapes a spawned job).
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pairs
+                    .iter()
+                    .map(|(q, p)| model.encode(q, p))
+                    .collect::<Result<Vec<Encoded>, _>>()
+            }));
             let _ = tx.send((r, t.elapsed()));
         });
         let (encoded, tok_time) = rx
@@ -109,7 +115,20 @@ impl ScoringService {
         self.metrics
             .tokenize_seconds
             .observe(tok_time.as_secs_f64());
-        let encoded = encoded.map_err(|e| ServeError::Tokenize(e.to_string()))?;
+        let encoded = match encoded {
+            Ok(r) => r.map_err(|e| ServeError::Tokenize(e.to_string()))?,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "no message".into());
+                tracing::error!(reason = %why, "the tokenizer panicked; the call fails with INTERNAL");
+                return Err(ServeError::Internal(format!(
+                    "the tokenizer panicked: {why}"
+                )));
+            }
+        };
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(BatchError::DeadlineExceeded {
                 waited_ms: started.elapsed().as_millis() as u64,

@@ -474,35 +474,48 @@ async fn prometheus_metrics_count_outcomes_batches_and_queue() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reflection_lists_the_api_and_health() {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+/// Lists the services over one reflection generation (`v1` or `v1alpha`: the same
+/// messages in two packages).
+macro_rules! list_services {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        let mut c = ServerReflectionClient::new($channel);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = c
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let resp = stream
+            .message()
+            .await
+            .expect("message")
+            .expect("one response");
+        let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+            panic!("unexpected reflection answer");
+        };
+        list.service
+            .into_iter()
+            .map(|s| s.name)
+            .collect::<Vec<String>>()
+    }};
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1_and_v1alpha_list_the_api_and_health() {
     let server = Server::start(&["--batch-timeout-ms", "5"]).await;
-    let mut c = ServerReflectionClient::new(server.channel().await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = c
-        .server_reflection_info(tokio_stream::iter([req]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let resp = stream
-        .message()
-        .await
-        .expect("message")
-        .expect("one response");
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
-        panic!("unexpected reflection answer");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in ["crossbatch.v1.CrossEncoder", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    let v1 = list_services!(v1, server.channel().await);
+    let v1alpha = list_services!(v1alpha, server.channel().await);
+    for names in [&v1, &v1alpha] {
+        for want in ["crossbatch.v1.CrossEncoder", "grpc.health.v1.Health"] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
     }
     server.stop().await;
 }

@@ -14,7 +14,8 @@ use crossbatch_server::service::{Limits as CallLimits, Ready, ScoringService};
 use tokio::sync::OnceCell;
 use tonic::{Code, Request};
 
-/// Scores a pair by its passage's length in bytes; a passage "boom" fails its batch.
+/// Scores a pair by its passage's length in bytes; a passage "boom" fails its batch and
+/// "tokenizer panic" panics in `encode`.
 struct LengthScorer;
 
 impl Scorer for LengthScorer {
@@ -28,6 +29,9 @@ impl Scorer for LengthScorer {
         }
     }
     fn encode(&self, query: &str, passage: &str) -> Result<Encoded, ModelError> {
+        if passage == "tokenizer panic" {
+            panic!("fake tokenizer told to panic");
+        }
         let len = 3 + query.len().min(100) + passage.len().min(400);
         let mut ids = vec![1; len];
         ids[0] = if passage == "boom" {
@@ -194,6 +198,15 @@ async fn codes_for_a_loading_server_a_deadline_and_a_failing_model() {
     svc.score(score(&["fine"]))
         .await
         .expect("next call is fine");
+
+    // A panic inside the tokenizer fails that call with INTERNAL; the server goes on.
+    let err = svc
+        .score(score(&["fine", "tokenizer panic"]))
+        .await
+        .expect_err("tokenizer panicked");
+    assert_eq!(err.code(), Code::Internal);
+    assert!(err.message().contains("told to panic"), "{}", err.message());
+    svc.score(score(&["fine"])).await.expect("still serving");
 
     // 100 ms grpc-timeout, 20 ms batch timeout: answered in time.
     let mut req = score(&["a"]);
