@@ -24,8 +24,9 @@ const TOKENS: [f64; 10] = [
     128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0,
 ];
 /// Every outcome is exported from the start (at 0), so a rate over it is defined.
-const OUTCOMES: [&str; 7] = [
+const OUTCOMES: [&str; 8] = [
     "ok",
+    "cancelled",
     "invalid_argument",
     "resource_exhausted",
     "deadline_exceeded",
@@ -125,6 +126,7 @@ impl Metrics {
     pub fn request_done(&self, code: tonic::Code, took: Duration) {
         let outcome = match code {
             tonic::Code::Ok => "ok",
+            tonic::Code::Cancelled => "cancelled",
             tonic::Code::InvalidArgument => "invalid_argument",
             tonic::Code::ResourceExhausted => "resource_exhausted",
             tonic::Code::DeadlineExceeded => "deadline_exceeded",

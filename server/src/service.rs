@@ -276,6 +276,38 @@ pub fn deadline(md: &MetadataMap, now: Instant) -> Option<Instant> {
     now.checked_add(d - margin)
 }
 
+/// Counts a call's outcome once: the code it ended with, or CANCELLED when the client
+/// went away first and tonic dropped the handler mid-call.
+struct Counted<'a> {
+    metrics: &'a Metrics,
+    started: Instant,
+    done: bool,
+}
+
+impl<'a> Counted<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        Self {
+            metrics,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    fn done(mut self, code: tonic::Code) {
+        self.done = true;
+        self.metrics.request_done(code, self.started.elapsed());
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics
+                .request_done(tonic::Code::Cancelled, self.started.elapsed());
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl CrossEncoderApi for ScoringService {
     async fn score(
@@ -284,10 +316,10 @@ impl CrossEncoderApi for ScoringService {
     ) -> Result<Response<ScoreResponse>, Status> {
         let span = rpc_span("Score", request.metadata());
         span.record("pairs", request.get_ref().pairs.len() as i64);
-        let t = Instant::now();
+        let counted = Counted::new(&self.metrics);
         let result = self.score_call(request).instrument(span.clone()).await;
         record_status(&span, &result);
-        self.metrics.request_done(code_of(&result), t.elapsed());
+        counted.done(code_of(&result));
         result
     }
 
@@ -297,10 +329,10 @@ impl CrossEncoderApi for ScoringService {
     ) -> Result<Response<RerankResponse>, Status> {
         let span = rpc_span("Rerank", request.metadata());
         span.record("pairs", request.get_ref().passages.len() as i64);
-        let t = Instant::now();
+        let counted = Counted::new(&self.metrics);
         let result = self.rerank_call(request).instrument(span.clone()).await;
         record_status(&span, &result);
-        self.metrics.request_done(code_of(&result), t.elapsed());
+        counted.done(code_of(&result));
         result
     }
 

@@ -57,6 +57,10 @@ fn service(ready: bool) -> ScoringService {
 }
 
 fn service_with(ready: bool, batch_timeout: Duration) -> ScoringService {
+    service_and_metrics(ready, batch_timeout).0
+}
+
+fn service_and_metrics(ready: bool, batch_timeout: Duration) -> (ScoringService, Arc<Metrics>) {
     let cell = Arc::new(OnceCell::new());
     let metrics = Arc::new(Metrics::default());
     if ready {
@@ -87,14 +91,15 @@ fn service_with(ready: bool, batch_timeout: Duration) -> ScoringService {
             },
         });
     }
-    ScoringService::new(
+    let svc = ScoringService::new(
         cell,
         CallLimits {
             max_client_batch: 10,
             max_text_bytes: 50,
         },
-        metrics,
-    )
+        metrics.clone(),
+    );
+    (svc, metrics)
 }
 
 fn pairs(passages: &[&str]) -> Vec<Pair> {
@@ -250,4 +255,26 @@ async fn a_call_that_would_overflow_the_queue_is_refused_at_once() {
     assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
     assert!(t.elapsed() < Duration::from_secs(1), "refused at once");
     first.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_outcome_is_counted_a_cancelled_call_included() {
+    let (svc, metrics) = service_and_metrics(true, Duration::from_millis(20));
+    svc.score(score(&["a"])).await.expect("ok");
+    svc.score(score(&[])).await.expect_err("invalid");
+    // The client goes away 5 ms in, while the call waits for its batch (20 ms).
+    let gone = tokio::time::timeout(Duration::from_millis(5), svc.score(score(&["b"]))).await;
+    assert!(gone.is_err(), "the call was still waiting");
+    let text = metrics.render();
+    for line in [
+        "crossbatch_requests_total{outcome=\"ok\"} 1",
+        "crossbatch_requests_total{outcome=\"invalid_argument\"} 1",
+        "crossbatch_requests_total{outcome=\"cancelled\"} 1",
+        "crossbatch_request_duration_seconds_count 3",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
 }
