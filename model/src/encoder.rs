@@ -88,14 +88,10 @@ impl CrossEncoder {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bert.forward(batch, layout)))
         {
             Ok(r) => r,
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panic in the tensor backend".into());
-                Err(ModelError::Inference(msg))
-            }
+            Err(panic) => Err(ModelError::Inference(crate::scorer::panic_message(
+                &*panic,
+                "panic in the tensor backend",
+            ))),
         }
     }
 

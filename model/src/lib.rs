@@ -23,6 +23,6 @@ pub mod weights;
 pub use bert::Bert;
 pub use config::BertConfig;
 pub use encoder::{CrossEncoder, is_standin_head};
-pub use scorer::{Encoded, Layout, Limits, ModelError, Scorer, padded_len};
+pub use scorer::{Encoded, Layout, Limits, ModelError, Scorer, padded_len, panic_message};
 pub use warmup::{WarmupMode, WarmupReport, padded_shapes};
 pub use weights::{Checkpoint, KeyLayout};

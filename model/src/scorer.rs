@@ -56,6 +56,16 @@ impl Limits {
     }
 }
 
+/// The text of a caught panic's payload (`panic!` with a message gives a `String` or
+/// a `&str`), or `fallback` for any other payload.
+pub fn panic_message(panic: &(dyn std::any::Any + Send), fallback: &str) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| fallback.to_string())
+}
+
 /// A model that scores query/passage pairs.
 pub trait Scorer: Send + Sync {
     /// How batches are laid out (what a batch of given lengths costs).

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use crossbatch_model::{Encoded, Layout, ModelError, Scorer, padded_len};
+use crossbatch_model::{Encoded, Layout, ModelError, Scorer, padded_len, panic_message};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BatchPolicy {
@@ -66,15 +66,6 @@ pub enum BatchError {
     ShuttingDown,
     #[error("inference failed: {0}")]
     Inference(String),
-}
-
-/// The message for a forward pass that panicked (the payload, where it is text).
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "the forward pass panicked".into())
 }
 
 /// What a finished request gets back.
@@ -335,7 +326,12 @@ async fn run(shared: Arc<Shared>, model: Arc<dyn Scorer>, observer: Arc<dyn Batc
             let refs: Vec<&Encoded> = batch.iter().map(|i| &i.enc).collect();
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.forward(&refs)))
-                    .unwrap_or_else(|panic| Err(ModelError::Inference(panic_message(&*panic))));
+                    .unwrap_or_else(|panic| {
+                        Err(ModelError::Inference(panic_message(
+                            &*panic,
+                            "the forward pass panicked",
+                        )))
+                    });
             drop(refs);
             (batch, result)
         })
@@ -373,6 +369,19 @@ fn for_each_request(batch: &[Item], mut f: impl FnMut(&Request)) {
 
 /// Hands each pair's logit to its request; answers requests that are complete.
 fn deliver(batch: &[Item], result: Result<Vec<f32>, ModelError>, info: &BatchInfo, layout: Layout) {
+    // A scorer that returns the wrong number of logits fails the batch; indexing past
+    // the end would end the scheduler and leave every waiting call hanging.
+    let result = result.and_then(|l| {
+        if l.len() == batch.len() {
+            Ok(l)
+        } else {
+            Err(ModelError::Internal(format!(
+                "{} logits for a batch of {}",
+                l.len(),
+                batch.len()
+            )))
+        }
+    });
     let per_pair_padded = info.padded_tokens / info.pairs.max(1);
     let mut seen: Vec<*const Request> = Vec::new();
     for (k, item) in batch.iter().enumerate() {

@@ -118,11 +118,7 @@ impl ScoringService {
         let encoded = match encoded {
             Ok(r) => r.map_err(|e| ServeError::Tokenize(e.to_string()))?,
             Err(panic) => {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "no message".into());
+                let why = crossbatch_model::panic_message(&*panic, "no message");
                 tracing::error!(reason = %why, "the tokenizer panicked; the call fails with INTERNAL");
                 return Err(ServeError::Internal(format!(
                     "the tokenizer panicked: {why}"

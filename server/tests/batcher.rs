@@ -22,6 +22,8 @@ struct FakeScorer {
     fail_on: Option<u32>,
     /// A batch holding this id panics.
     panic_on: Option<u32>,
+    /// A batch holding this id gets one logit too few.
+    short_on: Option<u32>,
 }
 
 impl Scorer for FakeScorer {
@@ -46,10 +48,14 @@ impl Scorer for FakeScorer {
         if self.fail_on.is_some_and(|f| ids.contains(&f)) {
             return Err(ModelError::Inference("fake scorer told to fail".into()));
         }
-        Ok(batch
+        let mut logits: Vec<f32> = batch
             .iter()
             .map(|e| (1000 * e.ids[0] + e.len() as u32) as f32)
-            .collect())
+            .collect();
+        if self.short_on.is_some_and(|s| ids.contains(&s)) {
+            logits.pop();
+        }
+        Ok(logits)
     }
 }
 
@@ -326,4 +332,20 @@ async fn a_failing_or_panicking_scorer_fails_only_its_batch() {
         seen.iter().map(|b| b.ok).collect::<Vec<_>>(),
         vec![false, true, false, true]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scorer_returning_too_few_logits_fails_its_batch_and_the_batcher_goes_on() {
+    let s = FakeScorer {
+        short_on: Some(1),
+        ..Default::default()
+    };
+    let r = rig(s, cfg(BatchPolicy::Eager));
+    let bad = answer(submit(&r.batcher, vec![pair(1, 3), pair(2, 3)], None)).await;
+    assert_eq!(
+        bad.expect_err("short"),
+        BatchError::Inference("internal error: 1 logits for a batch of 2".into())
+    );
+    let after = answer(submit(&r.batcher, vec![pair(3, 3)], None)).await;
+    assert_eq!(after.expect("still serving").logits, vec![3003.0]);
 }
