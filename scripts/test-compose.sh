@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI's compose tests (part of `make test`): 1 collector + 1 server + 3 drivers on the
-# stand-in (CPU backend); the report must show 3 drivers, exact total pairs and summed
-# concurrency. Then the same with one driver container killed mid-run: the run must
+# stand-in (CPU backend), the server requiring an API key the drivers send; the report
+# must show 3 drivers, exact total pairs and summed concurrency, and no errors. Then
+# the same with one driver container killed mid-run: the run must
 # finish and the report name the lost driver. scripts/compose.sh tears each run down,
 # failures included.
 set -euo pipefail
@@ -18,8 +19,8 @@ exec(code)
 PY
 }
 
-echo "compose test 1: three drivers, two configs" >&2
-out=$(NAME=ci-compose DRIVERS=3 BATCH=4 CONC=1,2 PAIRS=48 scripts/compose.sh) ||
+echo "compose test 1: three drivers, two configs, an API key passed to server and drivers" >&2
+out=$(NAME=ci-compose DRIVERS=3 BATCH=4 CONC=1,2 PAIRS=48 API_KEY=ci-compose-key scripts/compose.sh) ||
     { echo "FAIL: compose test 1: the compose run failed" >&2; exit 1; }
 report=${out##*report: }
 echo "  $report" >&2
@@ -31,6 +32,7 @@ assert all(d["state"] == "finished" and d["pairs_ok"] == 96 for d in drivers), d
 cfgs = r["configs"]
 assert [(c["batch"], c["concurrency"], c["pairs"], c["drivers"]) for c in cfgs] == [(4, 3, 144, 3), (4, 6, 144, 3)], cfgs
 assert sum(1 for c in r["calls"] if not c["warmup"]) == 72
+assert all(not c["errors"] for c in cfgs), [c["errors"] for c in cfgs]
 assert r["notes"]["calls_without_server_spans"] == 0, r["notes"]
 assert "| 4 | 6 | 144 |" in md
 print("  ok: 3 drivers, 144 pairs per config, concurrency 3 and 6")

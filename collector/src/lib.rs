@@ -3,6 +3,7 @@
 //! benchmark report (markdown, SVG plots, JSON).
 
 pub mod coordinate;
+pub mod forward;
 pub mod output;
 pub mod receiver;
 pub mod render;
@@ -66,6 +67,7 @@ pub fn offline_report(
             description: description.clone(),
             partial,
             expect_drivers,
+            forward: None,
         };
         let report = build(&data, &meta);
         paths.push(output::write(out_dir, name, &report)?);

@@ -59,6 +59,13 @@ struct ServeArgs {
     /// (Jaeger, an OpenTelemetry Collector).
     #[arg(long, env = "CROSSBATCH_FORWARD")]
     forward: Option<String>,
+    /// Before each report and before exiting, ms to wait for the forward queue to
+    /// empty; what is still undelivered then is counted in the report's notes.
+    #[arg(long, env = "CROSSBATCH_FORWARD_DRAIN_MS", default_value_t = 10_000)]
+    forward_drain_ms: u64,
+    /// TLS for an https:// --forward target.
+    #[command(flatten)]
+    forward_tls: crossbatch_proto::client::ClientTls,
     /// Also keep every export as OTLP JSON lines in this file (for `report --spans`).
     #[arg(long, env = "CROSSBATCH_SPANS_OUT")]
     spans_out: Option<PathBuf>,
@@ -144,6 +151,8 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             max_records: a.max_records.max(1),
             // Empty values (compose's `${FORWARD:-}`) mean unset.
             forward: a.forward.filter(|f| !f.is_empty()),
+            forward_tls: a.forward_tls,
+            forward_drain: Duration::from_millis(a.forward_drain_ms),
             spans_out: a.spans_out.filter(|p| !p.as_os_str().is_empty()),
             join_timeout: Duration::from_secs(a.join_timeout_s),
             ..CollectConfig::new(a.naming.out, a.naming.name)

@@ -1,23 +1,21 @@
 //! The OTLP/gRPC receiver: the `TraceService` and `MetricsService` of
 //! opentelemetry-proto. Each export is stored, optionally written to the spans file
-//! and passed on unchanged to `--forward`. An export is acknowledged once stored, so
-//! a slow forward target never slows the drivers or the server.
+//! and passed on unchanged to `--forward` (see `forward`).
 
 use std::sync::{Arc, Mutex};
 
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
+use crate::forward::Forwarder;
 use crate::spans_file::SpansWriter;
 use crate::store::Store;
 
@@ -31,24 +29,22 @@ pub enum Export {
 pub struct Shared {
     pub store: Mutex<Store>,
     pub spans_out: Option<Mutex<SpansWriter>>,
-    pub forward: Option<mpsc::Sender<Export>>,
+    pub forward: Option<Forwarder>,
     /// Woken after every export, so the report loop can check completion.
     pub changed: Notify,
-    pub forward_dropped: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
     pub fn new(
         store: Store,
         spans_out: Option<SpansWriter>,
-        forward: Option<mpsc::Sender<Export>>,
+        forward: Option<Forwarder>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store: Mutex::new(store),
             spans_out: spans_out.map(Mutex::new),
             forward,
             changed: Notify::new(),
-            forward_dropped: Default::default(),
         })
     }
 
@@ -59,17 +55,8 @@ impl Shared {
     }
 
     fn pass_on(&self, e: Export) {
-        if let Some(tx) = &self.forward
-            && tx.try_send(e).is_err()
-        {
-            let n = self
-                .forward_dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if n == 0 {
-                tracing::warn!(
-                    "forward target is behind or down: dropping exports for it (counted)"
-                );
-            }
+        if let Some(f) = &self.forward {
+            f.offer(e);
         }
     }
 
@@ -124,31 +111,4 @@ impl MetricsService for Receiver {
         self.accept(request.into_inner(), Store::ingest_metrics, Export::Metrics);
         Ok(Response::new(ExportMetricsServiceResponse::default()))
     }
-}
-
-/// Passes exports on to `url` in order over one lazily connected channel (tonic
-/// reconnects it as needed); an export that fails is logged once and skipped (the
-/// run's own report does not depend on it).
-pub fn spawn_forwarder(url: &str) -> Result<mpsc::Sender<Export>, tonic::transport::Error> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?.connect_lazy();
-    let mut traces = TraceServiceClient::new(channel.clone());
-    let mut metrics = MetricsServiceClient::new(channel);
-    let (tx, mut rx) = mpsc::channel::<Export>(4096);
-    let url = url.to_string();
-    tokio::spawn(async move {
-        let mut warned = false;
-        while let Some(e) = rx.recv().await {
-            let result = match e {
-                Export::Traces(r) => traces.export(r).await.map(|_| ()),
-                Export::Metrics(r) => metrics.export(r).await.map(|_| ()),
-            };
-            if let Err(s) = result
-                && !warned
-            {
-                tracing::warn!(target = %url, error = %s.message(), "forwarding failed (further failures are quiet)");
-                warned = true;
-            }
-        }
-    });
-    Ok(tx)
 }

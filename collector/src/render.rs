@@ -376,6 +376,18 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
         "- Server calls without a client span (orphans, counted, not assigned to a config): {}. Successful calls whose server spans never arrived: {}.",
         n.orphan_server_calls, n.calls_without_server_spans
     );
+    if let Some(f) = &n.forward {
+        let _ = writeln!(
+            w,
+            "- Forwarded to {}: {} exports delivered; not delivered: {} (refused or unreachable {}, dropped with the queue full {}, still queued when this report was written {}).",
+            f.target,
+            f.delivered,
+            f.undelivered(),
+            f.failed,
+            f.dropped,
+            f.pending
+        );
+    }
     let _ = writeln!(w);
     let _ = writeln!(
         w,

@@ -20,6 +20,8 @@ pub struct Meta {
     pub partial: Option<String>,
     /// Drivers the run expected (0: whatever arrived).
     pub expect_drivers: usize,
+    /// `--forward`'s tally when the report was written.
+    pub forward: Option<crate::forward::ForwardTally>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,6 +103,7 @@ pub struct Notes {
     /// Successful calls whose server spans never arrived.
     pub calls_without_server_spans: usize,
     pub warmup_calls: usize,
+    pub forward: Option<crate::forward::ForwardTally>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -548,6 +551,7 @@ pub fn build(d: &RunData, meta: &Meta) -> Report {
                 .filter(|c| !c.server.as_ref().is_some_and(|s| s.rpc))
                 .count(),
             warmup_calls: d.calls.iter().filter(|c| c.client.warmup).count(),
+            forward: meta.forward.clone(),
         },
         calls: d.calls.clone(),
         batches: d.batches.clone(),

@@ -16,10 +16,12 @@ use tokio::net::TcpListener;
 use crossbatch_proto::v1::coordinator_server::CoordinatorServer;
 
 use crate::coordinate::{Coordination, CoordinatorService};
-use crate::receiver::{Receiver, Shared, spawn_forwarder};
+use crate::forward::Forwarder;
+use crate::receiver::{Receiver, Shared};
 use crate::report::{Meta, build};
 use crate::spans_file::SpansWriter;
 use crate::store::Store;
+use crossbatch_proto::rejections::RejectLayer;
 
 #[derive(Debug, Clone)]
 pub struct CollectConfig {
@@ -35,6 +37,10 @@ pub struct CollectConfig {
     pub once: bool,
     pub max_records: usize,
     pub forward: Option<String>,
+    /// TLS for an `https://` forward target.
+    pub forward_tls: crossbatch_proto::client::ClientTls,
+    /// How long a report (and the exit) waits for the forward queue to empty.
+    pub forward_drain: Duration,
     pub spans_out: Option<PathBuf>,
     /// How long coordinated drivers have to join before the run fails.
     pub join_timeout: Duration,
@@ -53,6 +59,8 @@ impl CollectConfig {
             once: false,
             max_records: 2_000_000,
             forward: None,
+            forward_tls: Default::default(),
+            forward_drain: Duration::from_secs(10),
             spans_out: None,
             join_timeout: Duration::from_secs(120),
         }
@@ -65,11 +73,8 @@ pub enum CollectorError {
     SpansFile(#[from] crate::spans_file::SpansFileError),
     #[error(transparent)]
     Output(#[from] crate::output::OutputError),
-    #[error("--forward {url}")]
-    Forward {
-        url: String,
-        source: tonic::transport::Error,
-    },
+    #[error("--forward {url}: {message}")]
+    Forward { url: String, message: String },
     #[error("OTLP receiver")]
     Transport(#[from] tonic::transport::Error),
     #[error("run {run_id} failed: {reason}")]
@@ -77,18 +82,25 @@ pub enum CollectorError {
 }
 
 /// Writes the report of one run and forgets its records.
-fn report_run(
+async fn report_run(
     shared: &Shared,
     cfg: &CollectConfig,
     run_id: &str,
     partial: Option<String>,
 ) -> Result<PathBuf, CollectorError> {
+    // Whoever inspects the traces elsewhere sees the run whole, or the report says
+    // what did not get there.
+    let forward = match &shared.forward {
+        Some(f) => Some(f.drain(cfg.forward_drain).await),
+        None => None,
+    };
     let data = shared.store().run_data(run_id);
     let meta = Meta {
         title: cfg.name.clone(),
         description: cfg.description.clone(),
         partial,
         expect_drivers: cfg.expect_drivers,
+        forward,
     };
     let report = build(&data, &meta);
     let path = crate::output::write(&cfg.out_dir, &cfg.name, &report)?;
@@ -97,14 +109,14 @@ fn report_run(
 }
 
 /// Writes one run's report, prints its path and records it.
-fn emit(
+async fn emit(
     shared: &Shared,
     cfg: &CollectConfig,
     run_id: &str,
     partial: Option<String>,
     written: &mut Vec<PathBuf>,
 ) -> Result<(), CollectorError> {
-    let p = report_run(shared, cfg, run_id, partial)?;
+    let p = report_run(shared, cfg, run_id, partial).await?;
     println!("{}", p.display());
     written.push(p);
     Ok(())
@@ -124,12 +136,12 @@ pub async fn serve(
         .map(SpansWriter::create)
         .transpose()?;
     let forward = match cfg.forward.as_deref() {
-        Some(url) => Some(
-            spawn_forwarder(url).map_err(|source| CollectorError::Forward {
+        Some(url) => Some(Forwarder::spawn(url, &cfg.forward_tls).map_err(|message| {
+            CollectorError::Forward {
                 url: url.to_string(),
-                source,
-            })?,
-        ),
+                message,
+            }
+        })?),
         None => None,
     };
     let shared = Shared::new(Store::new(cfg.max_records), spans_out, forward);
@@ -143,6 +155,10 @@ pub async fn serve(
             // Pings find a driver whose network was cut (no FIN ever arrives).
             .http2_keepalive_interval(Some(Duration::from_secs(2)))
             .http2_keepalive_timeout(Some(Duration::from_secs(4)))
+            // Undecodable exports are the sender's fault: INVALID_ARGUMENT, not INTERNAL.
+            .layer(RejectLayer::new(Arc::new(|outcome| {
+                tracing::debug!(outcome, "refused an export before decoding it");
+            })))
             .add_service(CoordinatorServer::new(CoordinatorService(Arc::clone(
                 &coord,
             ))))
@@ -169,7 +185,7 @@ pub async fn serve(
             let mut r = Ok(());
             for run in runs {
                 let why = "the collector was stopped before the run finished";
-                if let Err(e) = emit(&shared, &cfg, &run, Some(why.into()), &mut written) {
+                if let Err(e) = emit(&shared, &cfg, &run, Some(why.into()), &mut written).await {
                     r = Err(e);
                 }
             }
@@ -216,7 +232,7 @@ pub async fn serve(
                 (None, false) => Some(format!("lost driver(s): {}", lost.join(", "))),
                 (Some(p), false) => Some(format!("{p}; lost driver(s): {}", lost.join(", "))),
             };
-            match emit(&shared, &cfg, &run, partial, &mut written) {
+            match emit(&shared, &cfg, &run, partial, &mut written).await {
                 Ok(()) => done |= cfg.once,
                 Err(e) => r = Err(e),
             }
@@ -226,6 +242,21 @@ pub async fn serve(
         }
     };
     let _ = stop_tx.send(());
+    if let Some(f) = &shared.forward {
+        let t = f.drain(cfg.forward_drain).await;
+        if t.undelivered() == 0 {
+            tracing::info!(target = %t.target, delivered = t.delivered, "forwarded every export");
+        } else {
+            tracing::warn!(
+                target = %t.target,
+                delivered = t.delivered,
+                failed = t.failed,
+                dropped = t.dropped,
+                pending = t.pending,
+                "some exports were not forwarded"
+            );
+        }
+    }
     if let Ok(Err(e)) = server.await {
         return Err(e.into());
     }

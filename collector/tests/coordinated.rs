@@ -68,7 +68,7 @@ async fn server() -> (String, tokio::sync::oneshot::Sender<()>) {
             let _ = rx.await;
         },
     ));
-    wait_serving(&url, Duration::from_secs(120))
+    wait_serving(&url, &Default::default(), Duration::from_secs(120))
         .await
         .expect("serving");
     (url, tx)
@@ -86,6 +86,7 @@ fn sweep_cfg(run_id: &str, driver: &str, conc: Vec<usize>, pairs: usize) -> swee
             mode: Mode::Closed,
             run_id: run_id.into(),
             driver_id: driver.into(),
+            api_key: None,
         },
         batches: vec![2],
         concurrencies: conc,
@@ -102,7 +103,7 @@ async fn driver(
     conc: Vec<usize>,
     pairs: usize,
 ) -> sweep::SweepResult {
-    let ch = wait_serving(&target, Duration::from_secs(60))
+    let ch = wait_serving(&target, &Default::default(), Duration::from_secs(60))
         .await
         .expect("serving");
     let cfg = sweep_cfg(run_id, &id, conc, pairs);

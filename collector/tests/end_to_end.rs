@@ -69,7 +69,7 @@ async fn a_run_through_server_driver_and_collector_gives_the_full_report() {
             let _ = server_stopped.await;
         },
     ));
-    let ch = wait_serving(&target, Duration::from_secs(120))
+    let ch = wait_serving(&target, &Default::default(), Duration::from_secs(120))
         .await
         .expect("serving");
     let info = CrossEncoderClient::new(ch.clone())
@@ -101,6 +101,7 @@ async fn a_run_through_server_driver_and_collector_gives_the_full_report() {
             mode: Mode::Closed,
             run_id: "e2e-run".into(),
             driver_id: "d0".into(),
+            api_key: None,
         },
         batches: vec![4],
         concurrencies: vec![1, 3],

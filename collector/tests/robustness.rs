@@ -187,7 +187,13 @@ async fn survives_malformed_data_disconnects_and_stops_with_a_partial_report() {
             tonic_prost::ProstCodec::default(),
         )
         .await;
-    assert!(r.is_err(), "undecodable bytes are refused: {r:?}");
+    let refused = r.expect_err("undecodable bytes are refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().starts_with("malformed request:"),
+        "{}",
+        refused.message()
+    );
 
     // A client that disconnects in the middle of an HTTP/2 stream.
     let addr = c.url.trim_start_matches("http://").to_string();
@@ -284,10 +290,17 @@ async fn forward_passes_every_export_on_unchanged() {
             .await
             .expect("export");
     }
-    // Forwarding is asynchronous: give it a moment, then stop both.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Stopped at once: the front's partial report waits for the forward queue.
     let _ = stop_front.send(());
-    front.await.expect("task").expect("front");
+    let front_paths = front.await.expect("task").expect("front");
+    let front_md = std::fs::read_to_string(&front_paths[0]).expect("front md");
+    assert!(
+        front_md.contains(&format!(
+            "Forwarded to {}: 4 exports delivered; not delivered: 0",
+            target.url
+        )),
+        "{front_md}"
+    );
     let _ = target.stop.take().map(|t| t.send(()));
     let paths = (&mut target.task).await.expect("task").expect("target");
     let md = std::fs::read_to_string(&paths[0]).expect("md");
@@ -302,5 +315,50 @@ async fn forward_passes_every_export_on_unchanged() {
     assert!(
         text.contains("\"traceId\":\"01010101010101010101010101010101\""),
         "hex ids: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_the_forward_target_never_got_are_counted_and_the_exit_is_bounded() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // Nothing listens on the target port: every delivery fails.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_url = format!("http://{}", dead.local_addr().expect("addr"));
+    drop(dead);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let cfg = CollectConfig {
+        grace: Duration::from_millis(200),
+        forward: Some(dead_url.clone()),
+        forward_drain: Duration::from_secs(3),
+        ..CollectConfig::new(dir.path(), "front")
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let front = tokio::spawn(serve(cfg, listener, async move {
+        let _ = stopped.await;
+    }));
+    let mut traces = TraceServiceClient::connect(url).await.expect("connect");
+    for n in 1..=3u8 {
+        traces
+            .export(export(vec![client_span(n, 1000 * n as i64)]))
+            .await
+            .expect("the collector acknowledges what it stored");
+    }
+    let began = std::time::Instant::now();
+    let _ = stop.send(());
+    let paths = tokio::time::timeout(Duration::from_secs(20), front)
+        .await
+        .expect("the collector exits within its drain bounds")
+        .expect("task")
+        .expect("front");
+    assert!(began.elapsed() < Duration::from_secs(15));
+    let md = std::fs::read_to_string(&paths[0]).expect("md");
+    assert!(
+        md.contains(&format!(
+            "Forwarded to {dead_url}: 0 exports delivered; not delivered: 3"
+        )),
+        "{md}"
     );
 }

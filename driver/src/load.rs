@@ -45,6 +45,8 @@ pub struct StepConfig {
     pub mode: Mode,
     pub run_id: String,
     pub driver_id: String,
+    /// Sent as `authorization: Bearer KEY` on every call.
+    pub api_key: Option<crossbatch_proto::client::Secret>,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +100,7 @@ impl Caller {
         if let Some(d) = self.cfg.deadline {
             req.set_timeout(d);
         }
+        crossbatch_proto::client::authorize(&mut req, self.cfg.api_key.as_ref());
         let span = self
             .telemetry
             .as_ref()
@@ -278,13 +281,17 @@ pub async fn run_step(
     }
 }
 
-/// Waits until the server's health says SERVING, up to `timeout`.
-pub async fn wait_serving(target: &str, timeout: Duration) -> Result<Channel, String> {
+/// Waits until the server's health says SERVING, up to `timeout`. `https://` targets
+/// are dialled with `tls`.
+pub async fn wait_serving(
+    target: &str,
+    tls: &crossbatch_proto::client::ClientTls,
+    timeout: Duration,
+) -> Result<Channel, String> {
     let until = Instant::now() + timeout;
     let mut last: String;
     loop {
-        let endpoint =
-            Channel::from_shared(target.to_string()).map_err(|e| format!("{target}: {e}"))?;
+        let endpoint = crossbatch_proto::client::endpoint(target, tls)?;
         match endpoint.connect().await {
             Ok(ch) => match crossbatch_proto::lifecycle::not_serving(ch.clone()).await {
                 Ok(None) => return Ok(ch),

@@ -97,6 +97,10 @@ struct RunArgs {
     /// Drivers of one run share `--run-id` and the same sweep.
     #[arg(long, env = "CROSSBATCH_COORDINATOR")]
     coordinator: Option<String>,
+    #[command(flatten)]
+    key: crossbatch_proto::client::ClientKey,
+    #[command(flatten)]
+    tls: crossbatch_proto::client::ClientTls,
 }
 
 fn main() -> ExitCode {
@@ -143,9 +147,14 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         workload::load(std::path::Path::new(&args.workload))?
     };
-    let channel = wait_serving(&args.target, Duration::from_secs(args.connect_timeout))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let api_key = args.key.secret().map_err(anyhow::Error::msg)?;
+    let channel = wait_serving(
+        &args.target,
+        &args.tls,
+        Duration::from_secs(args.connect_timeout),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let run_id_given = args.run_id.clone();
     let run_id = args.run_id.unwrap_or_else(|| {
         let t = std::time::SystemTime::now()
@@ -162,8 +171,10 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let driver_id = args
         .driver_id
         .unwrap_or_else(|| format!("{host}-{}", std::process::id()));
+    let mut info = tonic::Request::new(InfoRequest {});
+    crossbatch_proto::client::authorize(&mut info, api_key.as_ref());
     let server: ServerInfo = CrossEncoderClient::new(channel.clone())
-        .info(InfoRequest {})
+        .info(info)
         .await
         .with_context(|| format!("asking {} for its Info", args.target))?
         .into_inner()
@@ -201,6 +212,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
             mode,
             run_id: run_id.clone(),
             driver_id,
+            api_key: api_key.clone(),
         },
         batches: args.batch,
         concurrencies: args.concurrency,

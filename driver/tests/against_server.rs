@@ -56,6 +56,7 @@ fn cfg(batches: Vec<usize>, conc: Vec<usize>, pairs: usize, warmup: usize) -> sw
             mode: Mode::Closed,
             run_id: "test-run".into(),
             driver_id: "d0".into(),
+            api_key: None,
         },
         batches,
         concurrencies: conc,
@@ -76,7 +77,7 @@ async fn sweep_run(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_pairs_per_step_warmup_excluded_samples_round_trip() {
     let mut server = start(&["--batch-timeout-ms", "2"]).await;
-    let ch = wait_serving(&server.url, Duration::from_secs(120))
+    let ch = wait_serving(&server.url, &Default::default(), Duration::from_secs(120))
         .await
         .expect("serving");
     let (_tx, stop) = tokio::sync::watch::channel(false);
@@ -124,7 +125,7 @@ async fn exact_pairs_per_step_warmup_excluded_samples_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_counted_by_code_when_the_server_goes_away() {
     let mut server = start(&["--batch-timeout-ms", "2"]).await;
-    let ch = wait_serving(&server.url, Duration::from_secs(120))
+    let ch = wait_serving(&server.url, &Default::default(), Duration::from_secs(120))
         .await
         .expect("serving");
     let (_tx, stop) = tokio::sync::watch::channel(false);
@@ -152,7 +153,7 @@ async fn errors_are_counted_by_code_when_the_server_goes_away() {
 async fn open_loop_latency_grows_from_intended_start_on_a_slow_server_closed_does_not() {
     // A slow server: a lone call waits the full 300 ms batch timeout.
     let mut server = start(&["--batch-timeout-ms", "300"]).await;
-    let ch = wait_serving(&server.url, Duration::from_secs(120))
+    let ch = wait_serving(&server.url, &Default::default(), Duration::from_secs(120))
         .await
         .expect("serving");
     let (_tx, stop) = tokio::sync::watch::channel(false);

@@ -59,6 +59,17 @@ impl CrossEncoder {
     pub fn tokenizer(&self) -> &PairTokenizer {
         &self.tokenizer
     }
+    /// Truncates inputs to `max_len` tokens (special tokens included): at least 3
+    /// (`[CLS] [SEP] [SEP]`), at most what the model was trained for.
+    pub fn set_max_length(&mut self, max_len: usize) -> Result<(), ModelError> {
+        let limit = max_length_limit(self.config());
+        if !(3..=limit).contains(&max_len) {
+            return Err(ModelError::Input(format!(
+                "max length {max_len} out of range: 3 to {limit} (the model's position table)"
+            )));
+        }
+        self.tokenizer.set_max_len(max_len)
+    }
     pub fn device(&self) -> &SelectedDevice {
         &self.device
     }
@@ -112,6 +123,10 @@ impl CrossEncoder {
         }
         Ok(out)
     }
+}
+
+fn max_length_limit(cfg: &BertConfig) -> usize {
+    cfg.max_position_embeddings
 }
 
 /// The tokenizer's `model_max_length`, capped by the position table.

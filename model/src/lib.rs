@@ -9,6 +9,7 @@ mod bert;
 pub mod config;
 mod encoder;
 pub mod gpu_monitor;
+pub mod hub;
 pub mod kernel_cache;
 pub mod pairs;
 pub mod parity;

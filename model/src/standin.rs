@@ -86,6 +86,14 @@ pub fn ensure(out: &Path) -> Result<PathBuf, StandinError> {
     Ok(out.to_path_buf())
 }
 
+/// The stand-in at [`default_dir`]; callers in one process build it at most once at a
+/// time (tests ask for it from many threads).
+pub fn ensure_default() -> Result<PathBuf, StandinError> {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    ensure(&default_dir())
+}
+
 /// The package's files the stand-in is made from.
 struct SourceFiles {
     files: HashMap<String, Vec<u8>>,

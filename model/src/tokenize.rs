@@ -21,17 +21,26 @@ impl PairTokenizer {
             path: path.to_path_buf(),
             message,
         };
-        let mut inner = Tokenizer::from_file(path).map_err(|e| tok_err(e.to_string()))?;
-        inner
+        let inner = Tokenizer::from_file(path).map_err(|e| tok_err(e.to_string()))?;
+        let mut tok = Self { inner, max_len };
+        tok.set_max_len(max_len)
+            .map_err(|e| tok_err(e.to_string()))?;
+        tok.inner.with_padding(None);
+        Ok(tok)
+    }
+
+    /// Truncates pairs (longest first) to `max_len` tokens, special tokens included.
+    pub fn set_max_len(&mut self, max_len: usize) -> Result<(), ModelError> {
+        self.inner
             .with_truncation(Some(TruncationParams {
                 max_length: max_len,
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
                 direction: TruncationDirection::Right,
             }))
-            .map_err(|e| tok_err(e.to_string()))?;
-        inner.with_padding(None);
-        Ok(Self { inner, max_len })
+            .map_err(|e| ModelError::Input(format!("truncation to {max_len} tokens: {e}")))?;
+        self.max_len = max_len;
+        Ok(())
     }
 
     /// Longest sequence this tokenizer emits (special tokens included).

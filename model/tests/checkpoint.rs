@@ -1,8 +1,6 @@
 //! Loading: both key layouts, named errors for corrupted checkpoints, and the
 //! stand-in builder reproducing make_standin.py byte for byte.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -15,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 /// Copies the stand-in into a temp dir, rewriting its tensors with `edit`.
 fn variant(edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) -> tempfile::TempDir {
-    let src = common::standin_dir();
+    let src = crossbatch_model::standin::ensure_default().expect("offline stand-in");
     let dir = tempfile::tempdir().expect("tempdir");
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(src.join(f), dir.path().join(f)).expect("copy");
@@ -57,11 +55,12 @@ fn bare_bertmodel_keys_load_and_score_identically() {
             }
         }
     });
-    let a = load(&common::standin_dir()).expect("prefixed loads");
+    let a = load(&crossbatch_model::standin::ensure_default().expect("offline stand-in"))
+        .expect("prefixed loads");
     let b = load(bare.path()).expect("bare loads");
     assert_eq!(a.key_layout(), KeyLayout::Prefixed);
     assert_eq!(b.key_layout(), KeyLayout::Bare);
-    let rows = common::parity_rows();
+    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
     let enc: Vec<Encoded> = rows[..4]
         .iter()
         .map(|r| a.encode(&r.query, &r.passage).expect("encodes"))

@@ -1,19 +1,25 @@
 //! The model on the CPU backend against HF transformers (../shared/reference).
 
-mod common;
-
 use crossbatch_model::backend::{self, BackendChoice};
 use crossbatch_model::{CrossEncoder, Encoded, Layout, parity};
 
 fn cpu_model() -> CrossEncoder {
     let dev = backend::select(BackendChoice::Cpu).expect("cpu backend");
-    CrossEncoder::load(&common::standin_dir(), dev).expect("stand-in loads")
+    CrossEncoder::load(
+        &crossbatch_model::standin::ensure_default().expect("offline stand-in"),
+        dev,
+    )
+    .expect("stand-in loads")
 }
 
 #[test]
 fn token_ids_match_reference_for_every_row() {
     let model = cpu_model();
-    for (i, row) in common::parity_rows().iter().enumerate() {
+    for (i, row) in crossbatch_model::parity::reference_rows()
+        .expect("reference rows")
+        .iter()
+        .enumerate()
+    {
         let enc = model.encode(&row.query, &row.passage).expect("encodes");
         assert_eq!(enc.ids, row.input_ids, "input_ids of row {i}");
         assert_eq!(
@@ -25,7 +31,7 @@ fn token_ids_match_reference_for_every_row() {
 }
 
 fn check_logits(model: &CrossEncoder, batch: usize, tol: f64) {
-    let rows = common::parity_rows();
+    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
     let encoded: Vec<Encoded> = rows
         .iter()
         .map(|r| model.encode(&r.query, &r.passage).expect("encodes"))
@@ -71,7 +77,7 @@ fn logits_match_reference_padded_with_attention_mask() {
 
 #[test]
 fn a_pair_scores_the_same_alone_and_inside_a_padded_mixed_batch() {
-    let rows = common::parity_rows();
+    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
     for layout in [Layout::Packed, Layout::Padded] {
         let mut model = cpu_model();
         model.set_layout(layout);

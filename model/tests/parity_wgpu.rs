@@ -15,10 +15,14 @@ fn wgpu_logits_match_reference() {
     let dev = backend::select(BackendChoice::Wgpu).expect("wgpu device");
     assert_eq!(dev.backend, BackendKind::Wgpu);
     eprintln!("wgpu device: {}", dev.name);
-    let model = CrossEncoder::load(&common::standin_dir(), dev).expect("loads on wgpu");
+    let model = CrossEncoder::load(
+        &crossbatch_model::standin::ensure_default().expect("offline stand-in"),
+        dev,
+    )
+    .expect("loads on wgpu");
     assert_eq!(model.layout(), Layout::Padded);
 
-    let rows = common::parity_rows();
+    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
     let encoded: Vec<Encoded> = rows
         .iter()
         .map(|r| model.encode(&r.query, &r.passage).expect("encodes"))

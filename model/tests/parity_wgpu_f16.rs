@@ -30,16 +30,20 @@ fn f16_logits_match_reference_and_rankings_match_f32() {
     };
     assert_eq!(dev.precision, Precision::F16);
     eprintln!("wgpu device: {}", dev.name);
-    let f16 = CrossEncoder::load(&common::standin_dir(), dev).expect("loads in f16");
+    let f16 = CrossEncoder::load(
+        &crossbatch_model::standin::ensure_default().expect("offline stand-in"),
+        dev,
+    )
+    .expect("loads in f16");
     let cpu = CrossEncoder::load(
-        &common::standin_dir(),
+        &crossbatch_model::standin::ensure_default().expect("offline stand-in"),
         backend::select(BackendChoice::Cpu).expect("cpu"),
     )
     .expect("loads on the CPU");
 
     // 1. Logits against the reference, every row (512-token ones included: f16's
     // range is narrowest in long attention rows).
-    let rows = common::parity_rows();
+    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
     let encoded: Vec<Encoded> = rows
         .iter()
         .map(|r| f16.encode(&r.query, &r.passage).expect("encodes"))

@@ -5,7 +5,9 @@ pub mod v1 {
     tonic::include_proto!("crossbatch.v1");
 }
 
+pub mod client;
 pub mod lifecycle;
+pub mod rejections;
 
 /// Encoded `FileDescriptorSet` of the API, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -6,17 +6,22 @@
 //! A batch closes when it holds `max_batch` pairs, or (policy `deadline`) `timeout`
 //! after its oldest pair arrived, whichever comes first; policy `eager` sends whatever
 //! waits as soon as the model is free. A batch never exceeds `max_batch_tokens`
-//! computed tokens. Among waiting pairs, the oldest always goes first and the rest are
-//! chosen by similar length (less padding). A request's pairs may span batches; its
-//! scores come back in order. Calls whose deadline passed or that were cancelled leave
-//! the queue before inference.
+//! computed tokens. A call that has not had a batch yet goes first (so a small call is
+//! not held behind the rest of a large one), then the oldest waiting pair (so nothing
+//! waits forever); the rest are chosen by similar length (less padding). A request's
+//! pairs may span batches; its scores come back in order. Calls whose deadline passed
+//! or that were cancelled leave the queue before inference.
+//!
+//! A panic in a batch's path fails that batch's calls, not the server. Should the
+//! scheduler itself stop, every waiting call gets UNAVAILABLE at once and
+//! [`Batcher::failure`] says why (the server then reports NOT_SERVING).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
 use crossbatch_model::{Encoded, Layout, ModelError, Scorer, padded_len, panic_message};
@@ -27,6 +32,9 @@ pub enum BatchPolicy {
     Deadline,
     /// Run whatever waits as soon as the model is free (text-embeddings-inference's way).
     Eager,
+    /// No merging: every call is its own forward pass (split only by the batch
+    /// limits), as soon as the model is free. The "dynamic batching off" baseline.
+    None,
 }
 
 impl std::fmt::Display for BatchPolicy {
@@ -34,6 +42,7 @@ impl std::fmt::Display for BatchPolicy {
         f.write_str(match self {
             Self::Deadline => "deadline",
             Self::Eager => "eager",
+            Self::None => "none",
         })
     }
 }
@@ -60,12 +69,29 @@ pub enum BatchError {
         requested: usize,
         limit: usize,
     },
-    #[error("deadline exceeded after {waited_ms} ms in the queue")]
-    DeadlineExceeded { waited_ms: u64 },
+    #[error("{}", deadline_message(*waited_ms, *scored, *total))]
+    DeadlineExceeded {
+        waited_ms: u64,
+        /// Pairs of the call already scored when the deadline passed.
+        scored: usize,
+        total: usize,
+    },
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("inference failed: {0}")]
     Inference(String),
+    #[error("the model is unavailable: {0}")]
+    Unavailable(String),
+}
+
+fn deadline_message(waited_ms: u64, scored: usize, total: usize) -> String {
+    if scored == 0 {
+        format!("deadline exceeded after {waited_ms} ms in the queue (no pair of the call had run)")
+    } else {
+        format!(
+            "deadline exceeded after {waited_ms} ms: {scored} of the call's {total} pairs were scored, the rest had not run"
+        )
+    }
 }
 
 /// What a finished request gets back.
@@ -111,6 +137,8 @@ impl BatchInfo {
 struct Request {
     deadline: Option<Instant>,
     enqueued: Instant,
+    /// Some batch has held pairs of this request (it no longer goes first).
+    had_batch: AtomicBool,
     state: Mutex<RequestState>,
     /// Per-request hook, run by the scheduler when one of its batches starts and ends.
     hooks: Option<Arc<dyn RequestHooks>>,
@@ -143,6 +171,12 @@ impl Request {
         }
     }
 
+    /// Pairs scored so far, and the call's size.
+    fn progress(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.logits.len() - s.remaining, s.logits.len())
+    }
+
     fn fail(&self, err: BatchError) {
         if let Some(tx) = self.lock().reply.take() {
             let _ = tx.send(Err(err));
@@ -170,11 +204,29 @@ struct Shared {
     wake: Notify,
     next_batch: AtomicU64,
     queued: std::sync::atomic::AtomicUsize,
+    /// Set once if the scheduler stops for good: why.
+    failure: watch::Sender<Option<String>>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The scheduler cannot go on: every waiting call gets UNAVAILABLE now, new ones
+    /// are refused, and [`Batcher::failure`] turns to `Some`.
+    fn fail_all(&self, why: String) {
+        tracing::error!(reason = %why, "the batcher stopped; failing every waiting call");
+        let items: Vec<Item> = {
+            let mut q = self.lock();
+            q.shutdown = true;
+            q.items.drain(..).collect()
+        };
+        self.queued.store(0, Ordering::Relaxed);
+        for item in &items {
+            item.req.fail(BatchError::Unavailable(why.clone()));
+        }
+        self.failure.send_replace(Some(why));
     }
 
     /// Tokens the forward pass computes for these lengths.
@@ -183,6 +235,22 @@ impl Shared {
             Layout::Packed => sum,
             Layout::Padded => count * padded_len(longest, self.max_positions),
         }
+    }
+}
+
+/// A submitted call: its reply, and how far it got.
+pub struct Pending {
+    pub reply: oneshot::Receiver<Result<Outcome, BatchError>>,
+    pub progress: CallProgress,
+}
+
+/// How far a submitted call got.
+pub struct CallProgress(Arc<Request>);
+
+impl CallProgress {
+    /// Pairs scored so far, and the call's size.
+    pub fn get(&self) -> (usize, usize) {
+        self.0.progress()
     }
 }
 
@@ -222,8 +290,22 @@ impl Batcher {
             wake: Notify::new(),
             next_batch: AtomicU64::new(1),
             queued: Default::default(),
+            failure: watch::Sender::new(None),
         });
-        let handle = tokio::spawn(run(Arc::clone(&shared), model, observer));
+        let scheduler = tokio::spawn(run(Arc::clone(&shared), model, observer));
+        let supervised = Arc::clone(&shared);
+        let handle = tokio::spawn(async move {
+            let why = match scheduler.await {
+                Ok(Ok(())) => return,
+                Ok(Err(why)) => why,
+                Err(e) if e.is_panic() => format!(
+                    "the batch scheduler panicked: {}",
+                    panic_message(&*e.into_panic(), "no message")
+                ),
+                Err(e) => format!("the batch scheduler ended: {e}"),
+            };
+            supervised.fail_all(why);
+        });
         (Self { shared }, BatcherThread { handle })
     }
 
@@ -234,6 +316,11 @@ impl Batcher {
     /// Pairs waiting now.
     pub fn queued_pairs(&self) -> usize {
         self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// `Some(reason)` once the scheduler has stopped for good (never on shutdown).
+    pub fn failure(&self) -> watch::Receiver<Option<String>> {
+        self.shared.failure.subscribe()
     }
 
     /// Forward passes run so far.
@@ -248,15 +335,23 @@ impl Batcher {
         deadline: Option<Instant>,
         hooks: Option<Arc<dyn RequestHooks>>,
     ) -> Result<oneshot::Receiver<Result<Outcome, BatchError>>, BatchError> {
+        self.submit_tracked(encoded, deadline, hooks)
+            .map(|p| p.reply)
+    }
+
+    /// [`Batcher::submit`], keeping a handle that can tell how far the call got.
+    pub fn submit_tracked(
+        &self,
+        encoded: Vec<Encoded>,
+        deadline: Option<Instant>,
+        hooks: Option<Arc<dyn RequestHooks>>,
+    ) -> Result<Pending, BatchError> {
         let (tx, rx) = oneshot::channel();
         let n = encoded.len();
-        if n == 0 {
-            let _ = tx.send(Ok(Outcome::default()));
-            return Ok(rx);
-        }
         let req = Arc::new(Request {
             deadline,
             enqueued: Instant::now(),
+            had_batch: AtomicBool::new(false),
             state: Mutex::new(RequestState {
                 logits: vec![0.0; n],
                 remaining: n,
@@ -265,7 +360,20 @@ impl Batcher {
             }),
             hooks,
         });
+        let pending = Pending {
+            reply: rx,
+            progress: CallProgress(Arc::clone(&req)),
+        };
+        if n == 0 {
+            if let Some(tx) = req.lock().reply.take() {
+                let _ = tx.send(Ok(Outcome::default()));
+            }
+            return Ok(pending);
+        }
         let mut q = self.shared.lock();
+        if let Some(why) = self.shared.failure.borrow().clone() {
+            return Err(BatchError::Unavailable(why));
+        }
         if q.shutdown {
             return Err(BatchError::ShuttingDown);
         }
@@ -287,7 +395,7 @@ impl Batcher {
         self.shared.queued.store(q.items.len(), Ordering::Relaxed);
         drop(q);
         self.shared.wake.notify_one();
-        Ok(rx)
+        Ok(pending)
     }
 
     /// Stops taking requests; the scheduler finishes what is queued, then exits.
@@ -298,11 +406,17 @@ impl Batcher {
 }
 
 /// The scheduler: wait for a batch to close, run it on the blocking pool, answer its
-/// requests. A forward pass that panics fails that batch's calls, not the server.
-async fn run(shared: Arc<Shared>, model: Arc<dyn Scorer>, observer: Arc<dyn BatchObserver>) {
+/// requests. A panic in a batch's path (the forward pass, a hook, the observer,
+/// delivery) fails that batch's calls, not the server. Returns `Err` only when it
+/// cannot go on.
+async fn run(
+    shared: Arc<Shared>,
+    model: Arc<dyn Scorer>,
+    observer: Arc<dyn BatchObserver>,
+) -> Result<(), String> {
     loop {
         let Some(batch) = next_batch(&shared).await else {
-            return;
+            return Ok(());
         };
         let id = shared.next_batch.fetch_add(1, Ordering::Relaxed);
         let real: usize = batch.iter().map(|i| i.enc.len()).sum();
@@ -316,42 +430,61 @@ async fn run(shared: Arc<Shared>, model: Arc<dyn Scorer>, observer: Arc<dyn Batc
             duration: Duration::ZERO,
             ok: true,
         };
-        for_each_request(&batch, |req| {
-            if let Some(h) = &req.hooks {
-                h.batch_started(&info);
-            }
+        let started = caught(|| {
+            for_each_request(&batch, |req| {
+                if let Some(h) = &req.hooks {
+                    h.batch_started(&info);
+                }
+            })
         });
+        if let Err(why) = started {
+            fail_batch(&batch, id, "a batch-start hook", why);
+            continue;
+        }
         let model = Arc::clone(&model);
         let (batch, result) = match tokio::task::spawn_blocking(move || {
             let refs: Vec<&Encoded> = batch.iter().map(|i| &i.enc).collect();
-            let result =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.forward(&refs)))
-                    .unwrap_or_else(|panic| {
-                        Err(ModelError::Inference(panic_message(
-                            &*panic,
-                            "the forward pass panicked",
-                        )))
-                    });
+            let result = caught(|| model.forward(&refs))
+                .unwrap_or_else(|why| Err(ModelError::Inference(why)));
             drop(refs);
             (batch, result)
         })
         .await
         {
             Ok(done) => done,
-            // Only a cancelled runtime gets here (the closure catches panics): the
-            // batch's requests were dropped with it and their callers see it.
-            Err(e) => {
-                tracing::error!(error = %e, "the forward pass task ended without a result");
-                return;
-            }
+            // The closure catches panics: only a runtime shutting down gets here, and
+            // the batch's calls went with it.
+            Err(e) => return Err(format!("the forward pass task ended without a result: {e}")),
         };
         info.duration = info.started.elapsed();
         info.ok = result.is_ok();
         if let Err(e) = &result {
             tracing::error!(batch = id, pairs = info.pairs, error = %e, "forward pass failed");
         }
-        observer.batch_done(&info);
-        deliver(&batch, result, &info, shared.layout);
+        if let Err(why) = caught(|| observer.batch_done(&info)) {
+            tracing::error!(batch = id, "the batch observer panicked: {why}");
+        }
+        if let Err(why) = caught(|| deliver(&batch, result, &info, shared.layout)) {
+            fail_batch(&batch, id, "delivering the scores", why);
+        }
+    }
+}
+
+/// Runs `f`, turning a panic into its message.
+fn caught<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|panic| panic_message(&*panic, "no message"))
+}
+
+/// Fails every call of the batch not yet answered (INTERNAL), logged once per batch.
+fn fail_batch(batch: &[Item], id: u64, stage: &str, why: String) {
+    tracing::error!(
+        batch = id,
+        "{stage} panicked: {why}; failing the batch's calls"
+    );
+    for item in batch {
+        item.req
+            .fail(BatchError::Inference(format!("{stage} panicked: {why}")));
     }
 }
 
@@ -444,7 +577,7 @@ async fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
                 let now = Instant::now();
                 let due = q.items.front().map(|i| i.req.enqueued + cfg.timeout);
                 let ready = match cfg.policy {
-                    BatchPolicy::Eager => true,
+                    BatchPolicy::Eager | BatchPolicy::None => true,
                     BatchPolicy::Deadline => {
                         q.items.len() >= cfg.max_batch
                             || q.shutdown
@@ -485,8 +618,11 @@ fn drop_dead(shared: &Shared, q: &mut Queue) {
         if let Some(d) = item.req.deadline
             && now >= d
         {
+            let (scored, total) = item.req.progress();
             item.req.fail(BatchError::DeadlineExceeded {
                 waited_ms: now.duration_since(item.req.enqueued).as_millis() as u64,
+                scored,
+                total,
             });
             return false;
         }
@@ -497,8 +633,10 @@ fn drop_dead(shared: &Shared, q: &mut Queue) {
     }
 }
 
-/// Picks the next batch: the oldest pair, plus the waiting pairs closest to it in
-/// length (when grouping) or next in arrival order, within the pair and token limits.
+/// Picks the next batch: first the oldest call that has not had a batch yet (a small
+/// call arriving behind a large one runs next, not after it), then the oldest pair
+/// (so nothing waits forever), then the waiting pairs closest in length to the first
+/// (when grouping) or next in arrival order, within the pair and token limits.
 fn take_batch(shared: &Shared, q: &mut Queue) -> Vec<Item> {
     let cfg = &shared.cfg;
     let n = q.items.len();
@@ -508,12 +646,34 @@ fn take_batch(shared: &Shared, q: &mut Queue) -> Vec<Item> {
         let (count, longest, sum) = lens.fold((0, 0, 0), |(c, m, s), l| (c + 1, m.max(l), s + l));
         count <= cfg.max_batch && shared.cost(count, longest, sum) <= cfg.max_batch_tokens
     };
-    chosen.push(0); // the oldest always runs, whatever its size
+    let first = q
+        .items
+        .iter()
+        .position(|i| !i.req.had_batch.load(Ordering::Relaxed))
+        .unwrap_or(0);
+    chosen.push(first); // runs whatever its size
+    if cfg.policy == BatchPolicy::None {
+        // That call's pairs only, in order.
+        let call = Arc::clone(&q.items[first].req);
+        for i in first + 1..n {
+            if !Arc::ptr_eq(&q.items[i].req, &call) {
+                continue;
+            }
+            if chosen.len() >= cfg.max_batch || !fits(&chosen, q.items[i].enc.len(), &q.items) {
+                break;
+            }
+            chosen.push(i);
+        }
+        return remove_chosen(q, chosen);
+    }
+    if first != 0 && fits(&chosen, q.items[0].enc.len(), &q.items) {
+        chosen.push(0);
+    }
     if cfg.group_by_length {
         // Nearest lengths first, ties by arrival: a short pair is not held behind
         // long ones, and the oldest bounds how long anything waits.
-        let anchor = q.items[0].enc.len() as i64;
-        let mut order: Vec<usize> = (1..n).collect();
+        let anchor = q.items[first].enc.len() as i64;
+        let mut order: Vec<usize> = (0..n).filter(|i| !chosen.contains(i)).collect();
         order.sort_by_key(|&i| ((q.items[i].enc.len() as i64 - anchor).abs(), i));
         for i in order {
             if chosen.len() >= cfg.max_batch {
@@ -524,17 +684,26 @@ fn take_batch(shared: &Shared, q: &mut Queue) -> Vec<Item> {
             }
         }
     } else {
-        for i in 1..n {
+        for i in 0..n {
+            if chosen.contains(&i) {
+                continue;
+            }
             if chosen.len() >= cfg.max_batch || !fits(&chosen, q.items[i].enc.len(), &q.items) {
                 break;
             }
             chosen.push(i);
         }
     }
+    remove_chosen(q, chosen)
+}
+
+/// Takes the chosen items out of the queue, in queue order, marking their calls.
+fn remove_chosen(q: &mut Queue, mut chosen: Vec<usize>) -> Vec<Item> {
     chosen.sort_unstable();
     let mut batch = Vec::with_capacity(chosen.len());
     for (removed, i) in chosen.into_iter().enumerate() {
         if let Some(item) = q.items.remove(i - removed) {
+            item.req.had_batch.store(true, Ordering::Relaxed);
             batch.push(item);
         }
     }

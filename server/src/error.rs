@@ -16,6 +16,10 @@ pub enum ServeError {
     Tokenize(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("deadline exceeded after {0} ms, while tokenizing (no pair of the call had run)")]
+    DeadlineTokenizing(u64),
 }
 
 impl ServeError {
@@ -24,9 +28,12 @@ impl ServeError {
             Self::InvalidArgument(_) | Self::Tokenize(_) => Code::InvalidArgument,
             Self::NotReady => Code::Unavailable,
             Self::Batch(BatchError::QueueFull { .. }) => Code::ResourceExhausted,
-            Self::Batch(BatchError::DeadlineExceeded { .. }) => Code::DeadlineExceeded,
-            Self::Batch(BatchError::ShuttingDown) => Code::Unavailable,
+            Self::Batch(BatchError::DeadlineExceeded { .. }) | Self::DeadlineTokenizing(_) => {
+                Code::DeadlineExceeded
+            }
+            Self::Batch(BatchError::ShuttingDown | BatchError::Unavailable(_)) => Code::Unavailable,
             Self::Batch(BatchError::Inference(_)) | Self::Internal(_) => Code::Internal,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
         }
     }
 }

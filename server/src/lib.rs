@@ -2,6 +2,7 @@
 //! telemetry and metrics. The batcher and the service see the model only through
 //! `crossbatch_model::Scorer`; `serve` is where the concrete model is loaded.
 
+pub mod auth;
 pub mod batcher;
 pub mod error;
 pub mod metrics;

@@ -63,6 +63,8 @@ struct HealthArgs {
     /// Seconds to wait for an answer.
     #[arg(long, default_value_t = 2)]
     timeout: u64,
+    #[command(flatten)]
+    tls: crossbatch_proto::client::ClientTls,
 }
 
 #[derive(Args)]
@@ -70,6 +72,9 @@ struct BenchServeArgs {
     /// Model directory, hub id, or `stand-in`.
     #[arg(long, env = "CROSSBATCH_MODEL", default_value = source::DEFAULT_MODEL_ID)]
     model: String,
+    /// Hub revision (branch, tag or commit) when the model is a hub id.
+    #[arg(long, env = "CROSSBATCH_MODEL_REVISION", default_value = source::DEFAULT_REVISION)]
+    revision: String,
     /// auto, wgpu or cpu.
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
@@ -107,6 +112,9 @@ struct ModelArgs {
     /// offline stand-in when the hub cannot be reached.
     #[arg(long, env = "CROSSBATCH_MODEL", default_value = source::DEFAULT_MODEL_ID)]
     model: String,
+    /// Hub revision (branch, tag or commit) when the model is a hub id.
+    #[arg(long, env = "CROSSBATCH_MODEL_REVISION", default_value = source::DEFAULT_REVISION)]
+    revision: String,
     /// auto: wgpu on a hardware GPU, else CPU. wgpu: force wgpu. cpu: burn-flex.
     #[arg(long, env = "CROSSBATCH_BACKEND", value_enum, default_value = "auto")]
     backend: BackendChoice,
@@ -145,6 +153,9 @@ struct BenchArgs {
     /// Model directory, hub id, or `stand-in`.
     #[arg(long, env = "CROSSBATCH_MODEL", default_value = source::DEFAULT_MODEL_ID)]
     model: String,
+    /// Hub revision (branch, tag or commit) when the model is a hub id.
+    #[arg(long, env = "CROSSBATCH_MODEL_REVISION", default_value = source::DEFAULT_REVISION)]
+    revision: String,
     /// Backends to measure: auto, wgpu, cpu, or `all` (cpu, plus wgpu on a hardware adapter).
     #[arg(long, default_value = "all")]
     backends: String,
@@ -212,8 +223,8 @@ fn stand_in(out: Option<PathBuf>, from: Option<PathBuf>, force: bool) -> Result<
 }
 
 /// Resolves the model and loads it on the chosen backend, saying what runs.
-fn load(model: &str, choice: BackendChoice, gpu: &GpuArgs) -> Result<CrossEncoder> {
-    let src = source::resolve(model)?;
+fn load(model: &str, revision: &str, choice: BackendChoice, gpu: &GpuArgs) -> Result<CrossEncoder> {
+    let src = source::resolve(model, revision)?;
     if choice != BackendChoice::Cpu {
         kernel_cache::init_or_default(gpu.kernel_cache.as_deref())?;
     }
@@ -249,7 +260,12 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
             .with_context(|| format!("reading {}", args.input.display()))?
     };
     let lines = pairs::parse_jsonl(&text);
-    let model = load(&args.model.model, args.model.backend, &args.model.gpu)?;
+    let model = load(
+        &args.model.model,
+        &args.model.revision,
+        args.model.backend,
+        &args.model.gpu,
+    )?;
 
     // Encode what parses; remember each line's outcome so output stays in input order.
     let mut outcome: Vec<Result<Encoded, String>> = Vec::with_capacity(lines.len());
@@ -344,7 +360,7 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
             );
             continue;
         }
-        let model = load(&args.model, choice, &args.gpu)?;
+        let model = load(&args.model, &args.revision, choice, &args.gpu)?;
         let r = bench::run(&model, &pairs, &opts, |m| eprintln!("  {m}"))?;
         println!("{}", r.markdown());
         reports.push(r);
@@ -390,12 +406,13 @@ fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
     if pairs.is_empty() {
         bail!("{} holds no pairs", args.input.display());
     }
-    let model_dir = source::resolve(&args.model)?.dir;
+    let model_dir = source::resolve(&args.model, &args.revision)?.dir;
     let offline = match args.offline_pairs_per_s {
         Some(v) => v,
         None => {
             let model = load(
                 &args.model,
+                &args.revision,
                 args.backend,
                 &GpuArgs {
                     dtype: Precision::F32,
@@ -504,7 +521,8 @@ fn health(args: HealthArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     let status = rt.block_on(async {
         let check = async {
-            let ch = tonic::transport::Channel::from_shared(args.target.clone())?
+            let ch = crossbatch_proto::client::endpoint(&args.target, &args.tls)
+                .map_err(anyhow::Error::msg)?
                 .connect()
                 .await?;
             Ok::<_, anyhow::Error>(lifecycle::not_serving(ch).await?)

@@ -24,7 +24,7 @@ const TOKENS: [f64; 10] = [
     128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0,
 ];
 /// Every outcome is exported from the start (at 0), so a rate over it is defined.
-const OUTCOMES: [&str; 8] = [
+const OUTCOMES: [&str; 11] = [
     "ok",
     "cancelled",
     "invalid_argument",
@@ -33,6 +33,10 @@ const OUTCOMES: [&str; 8] = [
     "unavailable",
     "internal",
     "other",
+    // Refused before a handler runs (see crossbatch_proto::rejections).
+    crossbatch_proto::rejections::MALFORMED,
+    crossbatch_proto::rejections::TOO_LARGE,
+    crossbatch_proto::rejections::UNAUTHENTICATED,
 ];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -136,6 +140,11 @@ impl Metrics {
         };
         self.requests.get_or_create(&OutcomeLabel { outcome }).inc();
         self.request_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Counts one call refused before its handler ran (malformed, too large, no key).
+    pub fn request_refused(&self, outcome: &'static str) {
+        self.requests.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     pub fn set_queue_depth(&self, pairs: usize) {

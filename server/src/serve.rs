@@ -3,9 +3,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crossbatch_proto::client::{KeyArg, Secret, resolve_key};
+use crossbatch_proto::rejections::RejectLayer;
 use crossbatch_proto::v1::InfoResponse;
 use crossbatch_proto::v1::cross_encoder_server::CrossEncoderServer;
 use tokio::sync::OnceCell;
@@ -29,6 +32,9 @@ pub struct ServeArgs {
     /// offline stand-in when the hub cannot be reached.
     #[arg(long, env = "CROSSBATCH_MODEL", default_value = source::DEFAULT_MODEL_ID)]
     pub model: String,
+    /// Hub revision (branch, tag or commit) when the model is a hub id.
+    #[arg(long, env = "CROSSBATCH_MODEL_REVISION", default_value = source::DEFAULT_REVISION)]
+    pub revision: String,
     /// auto: wgpu on a hardware GPU, else CPU. wgpu: force wgpu. cpu: burn-flex.
     #[arg(long, env = "CROSSBATCH_BACKEND", value_enum, default_value = "auto")]
     pub backend: BackendChoice,
@@ -87,9 +93,31 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
     #[arg(long, env = "CROSSBATCH_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Truncate each pair to N tokens, special tokens included [default: the model's
+    /// maximum, 512]. Shorter is faster and scores differently on long passages.
+    #[arg(long, env = "CROSSBATCH_MAX_LENGTH")]
+    pub max_length: Option<usize>,
     /// Tokenizer threads [default: half the cores, at least 1].
     #[arg(long, env = "CROSSBATCH_TOKENIZER_WORKERS")]
     pub tokenizer_workers: Option<usize>,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key. Plaintext
+    /// connections are then refused.
+    #[arg(long, env = "CROSSBATCH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, env = "CROSSBATCH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require clients to present a certificate signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "CROSSBATCH_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Every Score, Rerank and Info call must send `authorization: Bearer KEY`
+    /// (UNAUTHENTICATED otherwise). Health and reflection stay open. Prefer the
+    /// environment variable or --api-key-file: a flag shows in `ps`.
+    #[arg(long, env = "CROSSBATCH_API_KEY", hide_env_values = true, value_parser = KeyArg::parse)]
+    pub api_key: Option<KeyArg>,
+    /// Read the API key from the first line of this file.
+    #[arg(long, env = "CROSSBATCH_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -116,6 +144,41 @@ pub enum StartError {
 }
 
 impl ServeArgs {
+    /// The API key from --api-key or --api-key-file, if any.
+    fn api_key(&self) -> Result<Option<Secret>, StartError> {
+        resolve_key(self.api_key.as_ref(), self.api_key_file.as_deref()).map_err(StartError::Config)
+    }
+
+    /// TLS for the gRPC port, read and checked before anything listens.
+    fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, StartError> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let read = |flag: &str, p: &PathBuf| {
+            std::fs::read(p).map_err(|e| StartError::Config(format!("{flag} {}: {e}", p.display())))
+        };
+        let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(
+            read("--tls-cert", cert)?,
+            read("--tls-key", key)?,
+        ));
+        if let Some(ca) = &self.tls_client_ca {
+            cfg = cfg.client_ca_root(Certificate::from_pem(read("--tls-client-ca", ca)?));
+        }
+        Ok(Some(cfg))
+    }
+
+    /// The largest request body the transport accepts: a full call of the longest
+    /// texts plus protobuf framing (tag and length per field and per pair), so a
+    /// bigger one is refused from its length prefix, before it is read.
+    pub fn max_request_bytes(&self) -> usize {
+        const PER_PAIR_FRAMING: usize = 32;
+        const PER_CALL_FRAMING: usize = 64;
+        self.max_client_batch
+            .saturating_mul(2 * self.max_text_bytes + PER_PAIR_FRAMING)
+            .saturating_add(PER_CALL_FRAMING)
+    }
+
     fn validate(&self) -> Result<(), StartError> {
         let bad = |m: String| Err(StartError::Config(m));
         if self.max_batch == 0 {
@@ -139,7 +202,7 @@ fn load(
     args: &ServeArgs,
     metrics: Arc<Metrics>,
 ) -> Result<(Ready, BatcherThread, SelectedDevice), StartError> {
-    let src = source::resolve(&args.model)?;
+    let src = source::resolve(&args.model, &args.revision)?;
     if args.backend != BackendChoice::Cpu {
         crossbatch_model::kernel_cache::init_or_default(args.kernel_cache.as_deref())?;
     }
@@ -149,6 +212,11 @@ fn load(
         LayoutChoice::Auto => {}
         LayoutChoice::Packed => model.set_layout(Layout::Packed),
         LayoutChoice::Padded => model.set_layout(Layout::Padded),
+    }
+    if let Some(n) = args.max_length {
+        model
+            .set_max_length(n)
+            .map_err(|e| StartError::Config(format!("--max-length: {e}")))?;
     }
     let max_len = model.tokenizer().max_len();
     let longest_cost = match model.layout() {
@@ -213,6 +281,14 @@ fn load(
     let tokenizers = rayon::ThreadPoolBuilder::new()
         .num_threads(workers.max(1))
         .thread_name(|i| format!("crossbatch-tokenize-{i}"))
+        // Jobs catch their own panics; this only logs one that escapes, instead of
+        // rayon aborting the process.
+        .panic_handler(|p| {
+            tracing::error!(
+                "a tokenizer job panicked: {}",
+                crossbatch_model::panic_message(&*p, "no message")
+            );
+        })
         .build()
         .map_err(|e| StartError::Config(format!("tokenizer pool: {e}")))?;
     Ok((
@@ -297,9 +373,15 @@ pub async fn serve(
     let reflection_v1alpha = reflection_builder()
         .build_v1alpha()
         .map_err(|e| StartError::Transport(e.to_string()))?;
-    // Room for a full call of long texts.
-    let max_msg = (args.max_client_batch * 2 * args.max_text_bytes + 4096).min(256 << 20);
-    let api = CrossEncoderServer::new(svc).max_decoding_message_size(max_msg);
+    let api_key = args.api_key()?;
+    if api_key.is_some() {
+        tracing::info!("API key required on Score, Rerank and Info (health and reflection open)");
+    }
+    let api = tonic::service::interceptor::InterceptedService::new(
+        CrossEncoderServer::new(svc).max_decoding_message_size(args.max_request_bytes()),
+        crate::auth::ApiKeyCheck::new(api_key),
+    );
+    let tls = args.tls()?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shutdown_signal = {
@@ -315,7 +397,22 @@ pub async fn serve(
         }
     };
     let addr = listener.local_addr().ok();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| StartError::Config(format!("--tls-cert/--tls-key: {e}")))?;
+        tracing::info!(
+            client_certificates = args.tls_client_ca.is_some(),
+            "TLS on (plaintext refused)"
+        );
+    }
+    let refused = {
+        let metrics = Arc::clone(&metrics);
+        RejectLayer::new(Arc::new(move |outcome| metrics.request_refused(outcome)))
+    };
+    let server = builder
+        .layer(refused)
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -337,6 +434,17 @@ pub async fn serve(
                 Arc::new(device),
                 Duration::from_millis(args_sample_ms),
             );
+            // Should the batcher stop for good, orchestrators must see it.
+            let mut failure = r.batcher.failure();
+            let on_failure = health.clone();
+            tokio::spawn(async move {
+                let why = match failure.wait_for(Option::is_some).await {
+                    Ok(why) => why.clone().unwrap_or_default(),
+                    Err(_) => return, // the batcher was dropped: a clean exit
+                };
+                tracing::error!(reason = %why, "the model cannot go on: NOT_SERVING");
+                set_health(&on_failure, false).await;
+            });
             let _ = ready.set(r);
             set_health(&health, true).await;
             tracing::info!("SERVING");

@@ -87,6 +87,7 @@ pub async fn closed_loop(
         mode: Mode::Closed,
         run_id: "bench-serve".into(),
         driver_id: "bench-serve".into(),
+        api_key: None,
     };
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let r = run_step(channel, pairs, cfg, Arc::default(), stop, None).await;

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::batcher::{BatchError, BatchInfo, Batcher, Outcome, RequestHooks};
+use crate::batcher::{BatchError, BatchInfo, Batcher, Outcome, Pending, RequestHooks};
 use crate::error::ServeError;
 use crate::metrics::Metrics;
 use crossbatch_model::{Encoded, Scorer};
@@ -126,25 +126,34 @@ impl ScoringService {
             }
         };
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(BatchError::DeadlineExceeded {
-                waited_ms: started.elapsed().as_millis() as u64,
-            }
-            .into());
+            return Err(ServeError::DeadlineTokenizing(
+                started.elapsed().as_millis() as u64,
+            ));
         }
         let hooks = Arc::new(SpanHooks {
             rpc: Span::current(),
             queue_wait: std::sync::Mutex::new(Some(tracing::info_span!("queue_wait"))),
             inference: std::sync::Mutex::new(None),
         });
-        let rx = ready.batcher.submit(encoded, deadline, Some(hooks))?;
+        let Pending { reply, progress } =
+            ready
+                .batcher
+                .submit_tracked(encoded, deadline, Some(hooks))?;
         let outcome = async {
             match deadline {
-                Some(d) => tokio::time::timeout_at(d, rx).await.map_err(|_| {
-                    BatchError::DeadlineExceeded {
-                        waited_ms: started.elapsed().as_millis() as u64,
+                Some(d) => match tokio::time::timeout_at(d, reply).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let (scored, total) = progress.get();
+                        return Err(BatchError::DeadlineExceeded {
+                            waited_ms: started.elapsed().as_millis() as u64,
+                            scored,
+                            total,
+                        }
+                        .into());
                     }
-                })?,
-                None => rx.await,
+                },
+                None => reply.await,
             }
             .map_err(|_| ServeError::Internal("the batcher dropped the call".into()))?
             .map_err(ServeError::from)

@@ -238,7 +238,14 @@ async fn an_expired_call_leaves_the_queue_without_a_forward_pass() {
         Some(Instant::now() + Duration::from_millis(5)),
     );
     let err = answer(rx).await.expect_err("expired");
-    assert_eq!(err, BatchError::DeadlineExceeded { waited_ms: 5 });
+    assert_eq!(
+        err,
+        BatchError::DeadlineExceeded {
+            waited_ms: 5,
+            scored: 0,
+            total: 1
+        }
+    );
     assert_eq!(
         t.elapsed(),
         Duration::from_millis(5),
@@ -348,4 +355,145 @@ async fn a_scorer_returning_too_few_logits_fails_its_batch_and_the_batcher_goes_
     );
     let after = answer(submit(&r.batcher, vec![pair(3, 3)], None)).await;
     assert_eq!(after.expect("still serving").logits, vec![3003.0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_small_call_runs_in_the_next_batch_not_after_a_large_one() {
+    let r = rig(FakeScorer::default(), cfg(BatchPolicy::Eager));
+    // 40 pairs: 10 batches of 4. The small call arrives behind all of them.
+    let big = submit(&r.batcher, (0..40).map(|_| pair(1, 4)).collect(), None);
+    let small = submit(&r.batcher, vec![pair(2, 4)], None);
+    answer(small).await.expect("small call");
+    let batches = r.scorer.batches();
+    let at = batches.iter().position(|b| b.contains(&2)).expect("ran");
+    assert_eq!(at, 1, "the small call runs in the 2nd batch: {batches:?}");
+    let out = answer(big).await.expect("the large call still completes");
+    assert_eq!(out.logits, vec![1004.0; 40]);
+    let all = r.scorer.batches();
+    assert_eq!(all.iter().map(Vec::len).sum::<usize>(), 41);
+    assert!(all.iter().all(|b| b.len() <= 4));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_oldest_pair_runs_in_every_batch_while_new_calls_go_first() {
+    let r = rig(FakeScorer::default(), cfg(BatchPolicy::Eager));
+    let big = submit(&r.batcher, (0..8).map(|_| pair(1, 4)).collect(), None);
+    let smalls: Vec<Reply> = (2..8)
+        .map(|id| submit(&r.batcher, vec![pair(id, 4)], None))
+        .collect();
+    answer(big).await.expect("big");
+    for s in smalls {
+        answer(s).await.expect("small");
+    }
+    let batches = r.scorer.batches();
+    // The big call's pairs run in every batch until it is done: new calls go first
+    // but never starve it.
+    let last_big = batches.iter().rposition(|b| b.contains(&1)).unwrap();
+    assert!(
+        batches[..=last_big].iter().all(|b| b.contains(&1)),
+        "{batches:?}"
+    );
+    assert_eq!(last_big, 2, "{batches:?}");
+}
+
+/// A batch observer that panics on the batch holding `id`.
+struct PanickyObserver(u32, Arc<FakeScorer>);
+impl BatchObserver for PanickyObserver {
+    fn batch_done(&self, _info: &BatchInfo) {
+        if self.1.batches().last().is_some_and(|b| b.contains(&self.0)) {
+            panic!("observer told to panic");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_the_batch_path_fails_nothing_it_should_not_and_the_batcher_goes_on() {
+    let scorer = Arc::new(FakeScorer::default());
+    let (batcher, _thread) = Batcher::start(
+        scorer.clone(),
+        cfg(BatchPolicy::Eager),
+        Arc::new(PanickyObserver(3, scorer.clone())),
+    );
+    // The observer runs after the scores are computed and before they are handed
+    // out; its panic is logged and the calls still get their scores.
+    let out = answer(submit(&batcher, vec![pair(3, 2)], None)).await;
+    assert_eq!(
+        out.expect("scored despite the observer").logits,
+        vec![3002.0]
+    );
+    let next = answer(submit(&batcher, vec![pair(4, 2)], None)).await;
+    assert_eq!(next.expect("still serving").logits, vec![4002.0]);
+    assert!(batcher.failure().borrow().is_none());
+}
+
+/// Request hooks that panic when dropped: the scheduler drops them when their
+/// expired call leaves the queue, outside any batch.
+struct DropBomb;
+impl crossbatch_server::batcher::RequestHooks for DropBomb {}
+impl Drop for DropBomb {
+    fn drop(&mut self) {
+        panic!("hook dropped");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn if_the_scheduler_dies_every_waiting_call_gets_unavailable_at_once() {
+    let r = rig(FakeScorer::default(), cfg(BatchPolicy::Deadline));
+    let mut failure = r.batcher.failure();
+    let doomed = r
+        .batcher
+        .submit(
+            vec![pair(1, 2)],
+            Some(Instant::now() + Duration::from_millis(5)),
+            Some(Arc::new(DropBomb)),
+        )
+        .expect("queued");
+    // Waits for the 20 ms batch timeout; the scheduler dies at 5 ms.
+    let waiting = submit(&r.batcher, vec![pair(2, 2)], None);
+    let t = Instant::now();
+    assert!(matches!(
+        answer(doomed).await,
+        Err(BatchError::DeadlineExceeded { .. })
+    ));
+    let err = answer(waiting).await.expect_err("the scheduler is gone");
+    assert!(
+        matches!(&err, BatchError::Unavailable(why) if why.contains("hook dropped")),
+        "{err:?}"
+    );
+    assert_eq!(
+        t.elapsed(),
+        Duration::from_millis(5),
+        "at once, not at 20 ms"
+    );
+    failure.changed().await.expect("failure reported");
+    assert!(
+        failure
+            .borrow()
+            .as_deref()
+            .is_some_and(|w| w.contains("panicked"))
+    );
+    assert!(matches!(
+        r.batcher.submit(vec![pair(3, 2)], None, None),
+        Err(BatchError::Unavailable(_))
+    ));
+    assert!(r.scorer.batches().is_empty());
+    r.thread.join().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn policy_none_runs_every_call_alone_at_once() {
+    let r = rig(FakeScorer::default(), cfg(BatchPolicy::None));
+    let t = Instant::now();
+    let a = submit(&r.batcher, vec![pair(1, 3), pair(1, 4)], None);
+    let b = submit(&r.batcher, vec![pair(2, 3)], None);
+    let big = submit(&r.batcher, (0..6).map(|_| pair(3, 2)).collect(), None);
+    assert_eq!(answer(a).await.expect("a").logits, vec![1003.0, 1004.0]);
+    assert_eq!(answer(b).await.expect("b").logits, vec![2003.0]);
+    answer(big).await.expect("big");
+    assert_eq!(t.elapsed(), Duration::ZERO, "no waiting for mates");
+    assert_eq!(
+        r.scorer.batches(),
+        vec![vec![1, 1], vec![2], vec![3, 3, 3, 3], vec![3, 3]],
+        "one call per forward pass, split only at --max-batch"
+    );
 }

@@ -4,101 +4,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use crossbatch_proto::v1::cross_encoder_client::CrossEncoderClient;
+use common::Server;
 use crossbatch_proto::v1::{InfoRequest, Pair, RerankRequest, ScoreRequest};
-use crossbatch_server::serve::{ServeArgs, serve};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-
-struct Server {
-    addr: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), crossbatch_server::serve::StartError>>,
-}
-
-impl Server {
-    async fn start(extra: &[&str]) -> Server {
-        let dir = common::standin_dir();
-        let mut argv = vec![
-            "serve".to_string(),
-            "--model".into(),
-            dir.to_string_lossy().into_owned(),
-            "--backend".into(),
-            "cpu".into(),
-            "--tokenizer-workers".into(),
-            "1".into(),
-        ];
-        argv.extend(extra.iter().map(|s| s.to_string()));
-        let args = ServeArgs::try_parse_from(argv).expect("valid args");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(serve(args, listener, async move {
-            let _ = rx.await;
-        }));
-        let server = Server {
-            addr,
-            stop: Some(tx),
-            task,
-        };
-        server.wait_serving().await;
-        server
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(self.addr.clone())
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect")
-    }
-
-    async fn client(&self) -> CrossEncoderClient<Channel> {
-        CrossEncoderClient::new(self.channel().await)
-    }
-
-    async fn wait_serving(&self) {
-        let until = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(ch) = Channel::from_shared(self.addr.clone())
-                .expect("uri")
-                .connect()
-                .await
-            {
-                let mut h = HealthClient::new(ch);
-                let r = h
-                    .check(HealthCheckRequest {
-                        service: "crossbatch.v1.CrossEncoder".into(),
-                    })
-                    .await;
-                if let Ok(r) = r
-                    && r.into_inner().status == ServingStatus::Serving as i32
-                {
-                    return;
-                }
-            }
-            assert!(Instant::now() < until, "server never became SERVING");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let r = tokio::time::timeout(Duration::from_secs(60), &mut self.task)
-            .await
-            .expect("server stops within 60 s")
-            .expect("server task");
-        r.expect("server exits cleanly");
-    }
-}
 
 fn pair(q: &str, p: &str) -> Pair {
     Pair {
@@ -118,13 +27,17 @@ fn raw(pairs: Vec<Pair>) -> ScoreRequest {
 async fn grpc_scores_equal_offline_scores_for_the_parity_file() {
     let server = Server::start(&["--batch-timeout-ms", "5"]).await;
     let mut c = server.client().await;
-    let rows = common::parity_rows();
+    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
     let pairs: Vec<Pair> = rows.iter().map(|r| pair(&r.query, &r.passage)).collect();
     // Offline, one pair per forward: what `crossbatch-server score --batch 1` writes.
     let offline = {
         let dev = crossbatch_model::backend::select(crossbatch_model::backend::BackendChoice::Cpu)
             .expect("cpu");
-        let m = crossbatch_model::CrossEncoder::load(&common::standin_dir(), dev).expect("loads");
+        let m = crossbatch_model::CrossEncoder::load(
+            &crossbatch_model::standin::ensure_default().expect("offline stand-in"),
+            dev,
+        )
+        .expect("loads");
         let p: Vec<(String, String)> = rows
             .iter()
             .map(|r| (r.query.clone(), r.passage.clone()))
@@ -164,7 +77,7 @@ async fn grpc_scores_equal_offline_scores_for_the_parity_file() {
 async fn a_pair_scores_the_same_alone_and_in_a_batch_of_96() {
     let server = Server::start(&["--batch-timeout-ms", "5"]).await;
     let mut c = server.client().await;
-    let rows = common::parity_rows();
+    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
     let target = pair(&rows[0].query, &rows[0].passage);
     let alone = c
         .score(raw(vec![target.clone()]))
@@ -367,7 +280,7 @@ async fn invalid_inputs_get_invalid_argument_and_empty_passages_a_score() {
 async fn rerank_sorts_best_first_with_top_n_and_text() {
     let server = Server::start(&["--batch-timeout-ms", "5"]).await;
     let mut c = server.client().await;
-    let rows = common::parity_rows();
+    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
     let query = rows[0].query.clone();
     let passages: Vec<String> = rows[..6].iter().map(|r| r.passage.clone()).collect();
     let scores = c
@@ -428,30 +341,14 @@ async fn shutdown_finishes_queued_work_then_exits_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_metrics_count_outcomes_batches_and_queue() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let metrics_addr = format!("127.0.0.1:{port}");
+    let metrics_addr = common::free_addr();
     let server = Server::start(&["--batch-timeout-ms", "5", "--metrics-addr", &metrics_addr]).await;
     let mut c = server.client().await;
     c.score(raw(vec![pair("q", "p"), pair("q2", "p2")]))
         .await
         .expect("ok call");
     c.score(raw(vec![])).await.expect_err("invalid call");
-    let body = {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&metrics_addr)
-            .await
-            .expect("metrics");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("read");
-        out
-    };
+    let body = common::scrape(&metrics_addr).await;
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     for line in [
         "crossbatch_requests_total{outcome=\"ok\"} 1",
@@ -518,4 +415,40 @@ async fn reflection_v1_and_v1alpha_list_the_api_and_health() {
         }
     }
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_length_truncates_every_pair_and_out_of_range_values_stop_the_start() {
+    let long = "relevance ".repeat(300);
+    let full = Server::start(&[]).await;
+    let untruncated = full
+        .client()
+        .await
+        .score(raw(vec![pair("what is relevance", &long)]))
+        .await
+        .expect("full length")
+        .into_inner();
+    full.stop().await;
+    let server = Server::start(&["--max-length", "16"]).await;
+    let mut c = server.client().await;
+    let info = c.info(InfoRequest {}).await.expect("info").into_inner();
+    assert_eq!(info.max_input_length, 16);
+    let short = c
+        .score(raw(vec![pair("what is relevance", &long)]))
+        .await
+        .expect("truncated")
+        .into_inner();
+    assert_eq!(short.timing.as_ref().expect("timing").real_tokens, 16);
+    let full_tokens = untruncated.timing.as_ref().expect("timing").real_tokens;
+    assert!(full_tokens > 300, "{full_tokens} tokens untruncated");
+    assert_ne!(
+        short.scores, untruncated.scores,
+        "truncation changes the input"
+    );
+    server.stop().await;
+
+    for bad in ["2", "513"] {
+        let err = common::start_error(&["--max-length", bad]).await;
+        assert!(err.to_string().contains("--max-length"), "{err}");
+    }
 }

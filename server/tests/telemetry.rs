@@ -1,8 +1,6 @@
 //! Spans and metrics reach a real OTLP receiver (in process, on loopback) with the
 //! caller's trace as parent, the RPC attributes and the batch attributes.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -100,7 +98,7 @@ async fn spans_and_metrics_reach_an_otlp_receiver_under_the_callers_trace() {
         Duration::from_millis(200),
     )
     .expect("telemetry");
-    let dir = common::standin_dir();
+    let dir = crossbatch_model::standin::ensure_default().expect("offline stand-in");
     let args = ServeArgs::try_parse_from([
         "serve",
         "--model",

@@ -1,49 +1,138 @@
-//! Shared by the integration tests: the reference data and the stand-in model.
+//! The server harness shared by the gRPC tests: the stand-in on the CPU backend,
+//! listening on loopback, stopped cleanly at the end.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use clap::Parser;
+use crossbatch_proto::client::ClientTls;
+use crossbatch_proto::v1::cross_encoder_client::CrossEncoderClient;
+use crossbatch_server::serve::{ServeArgs, serve};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
-/// `../shared/reference` beside the checkout, or `$CROSSBATCH_REFERENCE_DIR`.
-pub fn reference_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("CROSSBATCH_REFERENCE_DIR") {
-        return PathBuf::from(p);
+pub struct Server {
+    pub addr: String,
+    pub tls: ClientTls,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), crossbatch_server::serve::StartError>>,
+}
+
+impl Server {
+    pub async fn start(extra: &[&str]) -> Server {
+        Self::start_with(extra, "http", ClientTls::default()).await
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference")
+
+    /// A server with `extra` flags, reached over `scheme` (`https` with `tls`).
+    pub async fn start_with(extra: &[&str], scheme: &str, tls: ClientTls) -> Server {
+        let dir = crossbatch_model::standin::ensure_default().expect("offline stand-in");
+        let mut argv = vec![
+            "serve".to_string(),
+            "--model".into(),
+            dir.to_string_lossy().into_owned(),
+            "--backend".into(),
+            "cpu".into(),
+            "--tokenizer-workers".into(),
+            "1".into(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let args = ServeArgs::try_parse_from(argv).expect("valid args");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = format!("{scheme}://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(serve(args, listener, async move {
+            let _ = rx.await;
+        }));
+        let server = Server {
+            addr,
+            tls,
+            stop: Some(tx),
+            task,
+        };
+        server.wait_serving().await;
+        server
+    }
+
+    pub fn endpoint(&self) -> tonic::transport::Endpoint {
+        crossbatch_proto::client::endpoint(&self.addr, &self.tls).expect("endpoint")
+    }
+
+    pub async fn channel(&self) -> Channel {
+        self.endpoint().connect().await.expect("connect")
+    }
+
+    pub async fn client(&self) -> CrossEncoderClient<Channel> {
+        CrossEncoderClient::new(self.channel().await)
+    }
+
+    pub async fn wait_serving(&self) {
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(ch) = self.endpoint().connect().await {
+                let mut h = HealthClient::new(ch);
+                let r = h
+                    .check(HealthCheckRequest {
+                        service: "crossbatch.v1.CrossEncoder".into(),
+                    })
+                    .await;
+                if let Ok(r) = r
+                    && r.into_inner().status == ServingStatus::Serving as i32
+                {
+                    return;
+                }
+            }
+            assert!(Instant::now() < until, "server never became SERVING");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let r = tokio::time::timeout(Duration::from_secs(60), &mut self.task)
+            .await
+            .expect("server stops within 60 s")
+            .expect("server task");
+        r.expect("server exits cleanly");
+    }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ParityRow {
-    pub query: String,
-    pub passage: String,
-    pub input_ids: Vec<u32>,
-    pub token_type_ids: Vec<u32>,
-    pub seq_len: usize,
-    pub logit_f32: f64,
-    pub logit_f64: f64,
+/// Reads `/metrics` from `addr` (status line, headers and body).
+pub async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
 }
 
-pub fn parity_rows() -> Vec<ParityRow> {
-    let path = reference_dir().join("parity-64.jsonl");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (set CROSSBATCH_REFERENCE_DIR)", path.display()));
-    let rows: Vec<ParityRow> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("parity row"))
-        .collect();
-    assert_eq!(rows.len(), 64, "parity-64.jsonl should hold 64 rows");
-    rows
+/// A loopback address nothing listens on yet.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
 }
 
-/// The stand-in model directory, built once per machine (cached like the CLI does).
-pub fn standin_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = crossbatch_model::standin::default_dir();
-        crossbatch_model::standin::ensure(&dir).expect("building the offline stand-in")
-    })
-    .clone()
+/// `serve` with the stand-in on the CPU and `extra` flags must fail to start: its error.
+pub async fn start_error(extra: &[&str]) -> crossbatch_server::serve::StartError {
+    let mut argv = vec!["serve", "--model", "stand-in", "--backend", "cpu"];
+    argv.extend_from_slice(extra);
+    let args = ServeArgs::try_parse_from(argv).expect("args parse");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        serve(args, listener, std::future::pending()),
+    )
+    .await
+    .expect("fails, not hangs")
+    .expect_err("must not start")
 }
