@@ -14,7 +14,7 @@ REPEAT_GPU ?= 10
 CUBECL_AUTOTUNE_LEVEL ?= minimal
 export CUBECL_AUTOTUNE_LEVEL
 
-.PHONY: all build test test-compose bench bench-gpu bench-model bench-compose standin deps fmt clippy
+.PHONY: all build test test-compose bench bench-gpu bench-model bench-compose standin deps fmt clippy experiment experiments
 
 # `make bench` settings (see scripts/bench.sh): e.g. make bench SWEEP="batch=1,8,32 conc=1,4,16"
 export NAME SWEEP MODEL BACKEND DTYPE MAX_BATCH MAX_BATCH_TOKENS BATCH_TIMEOUT_MS POLICY WORKLOAD WARMUP REPORTS
@@ -80,3 +80,20 @@ bench-model: standin
 	{ echo "## Offline forward"; $(SERVER) bench --repeat $(REPEAT) --json $$out.json; \
 	  echo "## Served (loopback)"; $(SERVER) bench-serve; } | tee $$out.md && \
 	echo "report: $$out.md"
+
+# Experiments (experiments/*.toml): every variant on a fresh server, one report with the
+# variants side by side, in reports/<name>-<timestamp>/. make experiment E=dynamic-batching
+# [PAIRS=200]; make experiments runs them all. MODEL= overrides the model of variants
+# that set none.
+BIN_DIR = $${CARGO_TARGET_DIR:-target}/release
+EXPERIMENT_FLAGS = $(if $(PAIRS),--pairs $(PAIRS)) $(if $(MODEL),--model $(MODEL)) --out $(REPORTS)
+
+experiment: build standin
+	@if [[ -z "$(E)" ]]; then echo "usage: make experiment E=NAME [PAIRS=N]; experiments:"; \
+	    $(BIN_DIR)/crossbatch-experiment list; exit 2; fi
+	@$(BIN_DIR)/crossbatch-experiment run $(E) $(EXPERIMENT_FLAGS)
+
+experiments: build standin
+	@rc=0; for f in experiments/*.toml; do \
+	    $(BIN_DIR)/crossbatch-experiment run "$$f" $(EXPERIMENT_FLAGS) || rc=1; \
+	done; exit $$rc

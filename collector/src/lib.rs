@@ -2,6 +2,8 @@
 //! over OTLP/gRPC, joins them by trace id into one record per call, and writes the
 //! benchmark report (markdown, SVG plots, JSON).
 
+pub mod compare;
+pub mod compare_render;
 pub mod coordinate;
 pub mod forward;
 pub mod output;

@@ -26,6 +26,21 @@ enum Command {
     Serve(ServeArgs),
     /// Rebuild reports offline from a `--spans-out` file.
     Report(ReportArgs),
+    /// Put runs side by side: their report JSONs, the first as the baseline.
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Report JSONs (or their .md) to compare; the first is the baseline.
+    #[arg(required = true, num_args = 2.., value_name = "REPORT")]
+    runs: Vec<PathBuf>,
+    /// Directory for the comparison (created if missing).
+    #[arg(long, default_value = "reports")]
+    out: PathBuf,
+    /// Title and file-name prefix: `<out>/<name>-<timestamp>.md` and `.svg`.
+    #[arg(long, default_value = "compare")]
+    name: String,
 }
 
 #[derive(Args)]
@@ -120,6 +135,7 @@ fn main() -> ExitCode {
                 println!("{}", p.display());
             }
         }),
+        Command::Compare(a) => compare(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,6 +144,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn compare(a: CompareArgs) -> anyhow::Result<()> {
+    use crossbatch_collector::{compare, compare_render};
+    let runs = a
+        .runs
+        .iter()
+        .map(|p| compare::load(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let c = compare::Comparison::new(runs)?;
+    let stamp = crossbatch_collector::report::file_stamp_now();
+    let md = compare_render::write(&a.out, &a.name, &stamp, &c)?;
+    if !c.partial.is_empty() {
+        eprintln!(
+            "note: {} config(s) are not in every run; listed under \"Configs not in every run\"",
+            c.partial.len()
+        );
+    }
+    println!("{}", md.display());
+    Ok(())
 }
 
 fn run_serve(a: ServeArgs) -> anyhow::Result<()> {

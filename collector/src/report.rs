@@ -45,6 +45,10 @@ pub struct ConfigReport {
     pub throughput: Option<Dist>,
     pub buckets: Vec<Bucket>,
     pub correlation: Option<f64>,
+    /// Per successful call, from its server spans: time in forward passes, and queue
+    /// wait (what `compare` and experiments set side by side).
+    pub inference_ms: Option<Dist>,
+    pub queue_ms: Option<Dist>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -131,6 +135,15 @@ pub struct Report {
     pub calls: Vec<CallRecord>,
     /// The forward passes that ran the measured calls (JSON only).
     pub batches: Vec<crate::store::BatchRecord>,
+}
+
+/// `YYYYmmdd-HHMMSS` (UTC) now: the file-name stamp of reports written now.
+pub fn file_stamp_now() -> String {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    utc_timestamp(ns).replace(['-', ':'], "").replace(' ', "-")
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time in ns.
@@ -241,9 +254,22 @@ fn configs(d: &RunData) -> Vec<ConfigReport> {
             throughput: Dist::of(&throughput),
             buckets: latency_buckets(&latency, &throughput),
             correlation: pearson(&latency, &throughput),
+            inference_ms: Dist::of(&server_figure(&ok, |s| s.inference_ms)),
+            queue_ms: Dist::of(&server_figure(&ok, |s| s.queue_ms)),
         });
     }
     out
+}
+
+/// One server-side figure of each call that has it.
+fn server_figure(
+    calls: &[&&CallRecord],
+    get: impl Fn(&crate::store::ServerPart) -> Option<f64>,
+) -> Vec<f64> {
+    calls
+        .iter()
+        .filter_map(|c| c.server.as_ref().and_then(&get))
+        .collect()
 }
 
 fn label(c: &ConfigReport) -> String {

@@ -44,6 +44,10 @@ pub struct CollectConfig {
     pub spans_out: Option<PathBuf>,
     /// How long coordinated drivers have to join before the run fails.
     pub join_timeout: Duration,
+    /// Report name per run id, where it is not `name` (an experiment's variants).
+    pub run_names: HashMap<String, String>,
+    /// Told (run id, markdown path) after each report is written.
+    pub reported: Option<tokio::sync::mpsc::UnboundedSender<(String, PathBuf)>>,
 }
 
 impl CollectConfig {
@@ -63,6 +67,8 @@ impl CollectConfig {
             forward_drain: Duration::from_secs(10),
             spans_out: None,
             join_timeout: Duration::from_secs(120),
+            run_names: HashMap::new(),
+            reported: None,
         }
     }
 }
@@ -95,15 +101,16 @@ async fn report_run(
         None => None,
     };
     let data = shared.store().run_data(run_id);
+    let name = cfg.run_names.get(run_id).unwrap_or(&cfg.name);
     let meta = Meta {
-        title: cfg.name.clone(),
+        title: name.clone(),
         description: cfg.description.clone(),
         partial,
         expect_drivers: cfg.expect_drivers,
         forward,
     };
     let report = build(&data, &meta);
-    let path = crate::output::write(&cfg.out_dir, &cfg.name, &report)?;
+    let path = crate::output::write(&cfg.out_dir, name, &report)?;
     shared.store().forget(run_id, data.window_unix_ns.1);
     Ok(path)
 }
@@ -118,6 +125,9 @@ async fn emit(
 ) -> Result<(), CollectorError> {
     let p = report_run(shared, cfg, run_id, partial).await?;
     println!("{}", p.display());
+    if let Some(tx) = &cfg.reported {
+        let _ = tx.send((run_id.to_string(), p.clone()));
+    }
     written.push(p);
     Ok(())
 }

@@ -452,3 +452,49 @@ async fn max_length_truncates_every_pair_and_out_of_range_values_stop_the_start(
         assert!(err.to_string().contains("--max-length"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_call_is_not_held_behind_a_huge_one() {
+    // A 128-pair call of ~120-token passages in batches of 8 (16 forward passes), and
+    // a 1-pair call sent while it runs.
+    let server = Server::start(&["--max-batch", "8", "--batch-policy", "eager"]).await;
+    let passage = "the quick brown fox jumps over the lazy dog again and again ".repeat(10);
+    let big = raw((0..128)
+        .map(|i| pair(&format!("query {i}"), &passage))
+        .collect());
+    let mut big_client = server.client().await;
+    let t0 = Instant::now();
+    let big_call = tokio::spawn(async move {
+        let r = big_client.score(big).await;
+        (r, t0.elapsed())
+    });
+    // Let a few of its batches run first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = Instant::now();
+    server
+        .client()
+        .await
+        .score(raw(vec![pair("a small call", "a short passage")]))
+        .await
+        .expect("small call");
+    let small_latency = sent.elapsed();
+    let (big_result, big_total) = big_call.await.expect("task");
+    let big_result = big_result.expect("big call").into_inner();
+    assert_eq!(big_result.scores.len(), 128);
+    let big_timing = big_result.timing.expect("timing");
+    let batch_time = Duration::from_nanos(big_timing.inference_ns) / big_timing.batches.max(1);
+    eprintln!(
+        "small call: {small_latency:?}; big call: {big_total:?} in {} batches of ~{batch_time:?}",
+        big_timing.batches
+    );
+    assert!(big_timing.batches >= 16, "{big_timing:?}");
+    assert!(
+        small_latency < batch_time * 4,
+        "the small call took {small_latency:?}, more than 4 batch times ({batch_time:?} each); the big call took {big_total:?}"
+    );
+    assert!(
+        small_latency * 4 < big_total,
+        "the small call ({small_latency:?}) must not wait for the big one ({big_total:?})"
+    );
+    server.stop().await;
+}
