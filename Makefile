@@ -26,7 +26,7 @@ export DRIVERS BATCH CONC PAIRS OFFLINE
 all: build
 
 deps:
-	@scripts/ensure-deps.sh --vulkan
+	@scripts/ensure-deps.sh --vulkan --browser --promtool
 
 build:
 	$(CARGO) build --release --workspace
@@ -42,6 +42,7 @@ clippy:
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 test: deps fmt clippy standin
+	promtool check config deploy/prometheus/prometheus.yml
 	$(CARGO) test --release --workspace
 	@$(MAKE) --no-print-directory test-compose
 

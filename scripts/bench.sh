@@ -10,6 +10,7 @@
 #   POLICY=deadline
 #   WORKLOAD=<jsonl|tsv|synthetic>   default: ../shared/reference/bench-800.jsonl if present
 #   REPORTS=reports  WARMUP=0 (calls per config left out of the figures)
+#   DASHBOARD=127.0.0.1:<free port>  the live page's address (DASHBOARD=off: none)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +49,11 @@ free_port() {
 }
 COLLECTOR=127.0.0.1:$(free_port)
 SERVER=127.0.0.1:$(free_port)
+DASHBOARD=${DASHBOARD:-127.0.0.1:$(free_port)}
+dashboard_flags=()
+if [[ "$DASHBOARD" != off ]]; then
+    dashboard_flags=(--dashboard "$DASHBOARD")
+fi
 mkdir -p "$REPORTS"
 ts=$(date -u +%Y%m%d-%H%M%S)
 run_id="$NAME-$ts"
@@ -67,7 +73,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 "$BIN/crossbatch-collector" serve --listen "$COLLECTOR" --out "$REPORTS" --name "$NAME" \
-    --expect-drivers 1 --once --spans-out "$logs/spans.jsonl" \
+    --expect-drivers 1 --once --spans-out "$logs/spans.jsonl" "${dashboard_flags[@]}" \
     >"$logs/collector.out" 2>"$logs/collector.log" &
 collector_pid=$!
 pids+=("$collector_pid")
@@ -78,6 +84,9 @@ pids+=("$collector_pid")
 pids+=("$!")
 
 echo "bench: collector $COLLECTOR, server $SERVER ($BACKEND, $DTYPE), sweep batch=$batch conc=$conc pairs=$pairs, workload $WORKLOAD" >&2
+if [[ "$DASHBOARD" != off ]]; then
+    echo "bench: live dashboard at http://$DASHBOARD/ (the run's HTML report is written beside the markdown at the end)" >&2
+fi
 driver_rc=0
 "$BIN/crossbatch-driver" run --target "http://$SERVER" --batch "$batch" --concurrency "$conc" \
     --pairs "$pairs" --warmup "$WARMUP" --workload "$WORKLOAD" --run-id "$run_id" \
@@ -105,5 +114,6 @@ if [[ -z "$report" || ! -f "$report" ]]; then
     exit 1
 fi
 echo "report: $report"
+echo "html:   ${report%.md}.html"
 echo "logs, spans and raw samples: $logs/"
 exit "$driver_rc"

@@ -69,7 +69,20 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# The live dashboard on the host: 8080 when free, else any free port.
+if [[ -z "${DASHBOARD_PORT:-}" ]]; then
+    DASHBOARD_PORT=$(python3 -c '
+import socket
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", 8080))
+except OSError:
+    s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')
+fi
+export DASHBOARD_PORT
 echo "compose: $DRIVERS drivers, run $RUN_ID (batch=$BATCH conc=$CONC pairs=$PAIRS per driver)" >&2
+echo "compose: live dashboard at http://127.0.0.1:$DASHBOARD_PORT/" >&2
 dc up -d --no-build --scale driver="$DRIVERS" >&2
 collector=$(dc ps -q collector)
 

@@ -5,7 +5,10 @@
 pub mod compare;
 pub mod compare_render;
 pub mod coordinate;
+pub mod dashboard;
 pub mod forward;
+pub mod html;
+pub mod live;
 pub mod output;
 pub mod receiver;
 pub mod render;

@@ -94,6 +94,10 @@ struct ServeArgs {
     /// a run before it fails.
     #[arg(long, env = "CROSSBATCH_JOIN_TIMEOUT_S", default_value_t = 120)]
     join_timeout_s: u64,
+    /// Serve the live dashboard at http://ADDR/ (server-sent events at /events, JSON at
+    /// /api/snapshot), e.g. 127.0.0.1:8080.
+    #[arg(long, env = "CROSSBATCH_DASHBOARD")]
+    dashboard: Option<String>,
     /// Calls, batches and resource samples kept at most; beyond, dropped and counted.
     #[arg(long, env = "CROSSBATCH_MAX_RECORDS", default_value_t = 2_000_000)]
     max_records: usize,
@@ -174,6 +178,14 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // Empty (compose's `${DASHBOARD:-}`) means off.
+    let dashboard = match a.dashboard.as_deref().filter(|d| !d.is_empty()) {
+        Some(d) => Some(
+            d.parse::<SocketAddr>()
+                .with_context(|| format!("--dashboard {d}: not an address like 127.0.0.1:8080"))?,
+        ),
+        None => None,
+    };
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
@@ -188,6 +200,7 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             // Empty values (compose's `${FORWARD:-}`) mean unset.
             forward: a.forward.filter(|f| !f.is_empty()),
             forward_tls: a.forward_tls,
+            dashboard,
             forward_drain: Duration::from_millis(a.forward_drain_ms),
             spans_out: a.spans_out.filter(|p| !p.as_os_str().is_empty()),
             join_timeout: Duration::from_secs(a.join_timeout_s),

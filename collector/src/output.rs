@@ -1,5 +1,6 @@
 //! Writes a report to disk: `<dir>/<name>-<timestamp>.md`, its `.json` (every figure
-//! and the per-call records) and three SVG plots beside it, linked from the markdown.
+//! and the per-call records), three SVG plots beside it, linked from the markdown, and
+//! the self-contained `.html`.
 
 use std::path::{Path, PathBuf};
 
@@ -48,5 +49,8 @@ pub fn write(dir: &Path, name: &str, r: &Report) -> Result<PathBuf, OutputError>
     std::fs::write(&json, text).map_err(err(&json))?;
     let md = dir.join(format!("{base}.md"));
     std::fs::write(&md, markdown(r, &plots)).map_err(err(&md))?;
+    let html = dir.join(format!("{base}.html"));
+    std::fs::write(&html, crate::html::report_html(r, &format!("{base}.md")))
+        .map_err(err(&html))?;
     Ok(md)
 }

@@ -32,6 +32,8 @@ pub struct Shared {
     pub forward: Option<Forwarder>,
     /// Woken after every export, so the report loop can check completion.
     pub changed: Notify,
+    /// The dashboard's view of the last run whose report was written.
+    pub finished: Mutex<Option<crate::live::Snapshot>>,
 }
 
 impl Shared {
@@ -45,6 +47,7 @@ impl Shared {
             spans_out: spans_out.map(Mutex::new),
             forward,
             changed: Notify::new(),
+            finished: Mutex::new(None),
         })
     }
 

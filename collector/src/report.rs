@@ -81,6 +81,15 @@ pub struct SeriesRow {
     pub inference_ms: Option<f64>,
     pub queue_ms: Option<f64>,
     pub padding_pct: Option<f64>,
+    /// Latency percentiles of the calls that ended in the interval (JSON and the
+    /// dashboard; the markdown shows the average).
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p95_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    /// Pairs per forward pass started in the interval, on average.
+    pub batch_pairs: Option<f64>,
+    /// Host memory (CPU backend), where `gpu_mem_mb` is the device's.
+    pub host_mem_mb: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -399,6 +408,8 @@ fn series(d: &RunData) -> (f64, Vec<SeriesRow>) {
     #[derive(Default, Clone)]
     struct Acc {
         mem: Vec<f64>,
+        host_mem: Vec<f64>,
+        batch_pairs: Vec<f64>,
         util: Vec<f64>,
         cpu: Vec<f64>,
         lat: Vec<f64>,
@@ -412,6 +423,11 @@ fn series(d: &RunData) -> (f64, Vec<SeriesRow>) {
     for (t, v) in metric_values(d, MEM_METRIC, Some("device")) {
         if let Some(i) = slot(t) {
             acc[i].mem.push(v);
+        }
+    }
+    for (t, v) in metric_values(d, MEM_METRIC, Some("host")) {
+        if let Some(i) = slot(t) {
+            acc[i].host_mem.push(v);
         }
     }
     for (t, v) in metric_values(d, UTIL_METRIC, None) {
@@ -440,24 +456,33 @@ fn series(d: &RunData) -> (f64, Vec<SeriesRow>) {
         if let Some(i) = slot(b.start_unix_ns) {
             acc[i].inf.push(b.inference_ms);
             acc[i].pad.push(b.padding_waste_pct);
+            acc[i].batch_pairs.push(b.pairs as f64);
         }
     }
     let avg = |v: &[f64]| crate::stats::mean(v);
     let rows = acc
         .iter()
         .enumerate()
-        .map(|(i, a)| SeriesRow {
-            index: i,
-            start_s: i as f64 * width,
-            gpu_mem_mb: avg(&a.mem),
-            gpu_util_pct: avg(&a.util),
-            cpu_pct: avg(&a.cpu),
-            latency_ms: avg(&a.lat),
-            throughput: a.pairs as f64 / width,
-            tokenize_ms: avg(&a.tok),
-            inference_ms: avg(&a.inf),
-            queue_ms: avg(&a.queue),
-            padding_pct: avg(&a.pad),
+        .map(|(i, a)| {
+            let lat = Dist::of(&a.lat);
+            SeriesRow {
+                index: i,
+                start_s: i as f64 * width,
+                gpu_mem_mb: avg(&a.mem),
+                gpu_util_pct: avg(&a.util),
+                cpu_pct: avg(&a.cpu),
+                latency_ms: avg(&a.lat),
+                throughput: a.pairs as f64 / width,
+                tokenize_ms: avg(&a.tok),
+                inference_ms: avg(&a.inf),
+                queue_ms: avg(&a.queue),
+                padding_pct: avg(&a.pad),
+                latency_p50_ms: lat.as_ref().map(|l| l.p50),
+                latency_p95_ms: lat.as_ref().map(|l| l.p95),
+                latency_p99_ms: lat.as_ref().map(|l| l.p99),
+                batch_pairs: avg(&a.batch_pairs),
+                host_mem_mb: avg(&a.host_mem),
+            }
         })
         .collect();
     (width, rows)

@@ -46,6 +46,8 @@ pub struct CollectConfig {
     pub join_timeout: Duration,
     /// Report name per run id, where it is not `name` (an experiment's variants).
     pub run_names: HashMap<String, String>,
+    /// Serve the live dashboard here (`/`, `/events`, `/api/snapshot`).
+    pub dashboard: Option<std::net::SocketAddr>,
     /// Told (run id, markdown path) after each report is written.
     pub reported: Option<tokio::sync::mpsc::UnboundedSender<(String, PathBuf)>>,
 }
@@ -68,6 +70,7 @@ impl CollectConfig {
             spans_out: None,
             join_timeout: Duration::from_secs(120),
             run_names: HashMap::new(),
+            dashboard: None,
             reported: None,
         }
     }
@@ -83,6 +86,11 @@ pub enum CollectorError {
     Forward { url: String, message: String },
     #[error("OTLP receiver")]
     Transport(#[from] tonic::transport::Error),
+    #[error("--dashboard {addr}: {source}")]
+    Dashboard {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("run {run_id} failed: {reason}")]
     RunFailed { run_id: String, reason: String },
 }
@@ -111,6 +119,11 @@ async fn report_run(
     };
     let report = build(&data, &meta);
     let path = crate::output::write(&cfg.out_dir, name, &report)?;
+    *shared.finished.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::live::snapshot(
+        &report,
+        false,
+        Some(path.display().to_string()),
+    ));
     shared.store().forget(run_id, data.window_unix_ns.1);
     Ok(path)
 }
@@ -156,6 +169,25 @@ pub async fn serve(
     };
     let shared = Shared::new(Store::new(cfg.max_records), spans_out, forward);
     let receiver = Receiver(Arc::clone(&shared));
+    let dashboard = match cfg.dashboard {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| CollectorError::Dashboard { addr, source })?;
+            let addr = l.local_addr().unwrap_or(addr);
+            tracing::info!("live dashboard at http://{addr}/");
+            let snapshots = crate::dashboard::spawn_publisher(
+                Arc::clone(&shared),
+                cfg.name.clone(),
+                cfg.expect_drivers,
+            );
+            Some(tokio::spawn(crate::dashboard::serve(
+                l,
+                crate::dashboard::router(snapshots),
+            )))
+        }
+        None => None,
+    };
     let wake = Arc::new(tokio::sync::Notify::new());
     let coord = Coordination::new(cfg.expect_drivers, cfg.join_timeout, Arc::clone(&wake));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -266,6 +298,9 @@ pub async fn serve(
                 "some exports were not forwarded"
             );
         }
+    }
+    if let Some(d) = dashboard {
+        d.abort();
     }
     if let Ok(Err(e)) = server.await {
         return Err(e.into());

@@ -21,6 +21,9 @@ pub struct ClientPart {
     pub run_id: String,
     pub driver_id: String,
     pub step: usize,
+    /// Configs in the driver's sweep, where the driver said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps_planned: Option<usize>,
     pub batch: usize,
     pub concurrency: usize,
     pub pairs: usize,
@@ -315,6 +318,7 @@ impl Store {
                         driver_id: str_attr(at, a::DRIVER_ID)
                             .or_else(|| str_attr(resource, a::DRIVER_ID))?,
                         step: uint_attr(at, a::STEP)?,
+                        steps_planned: uint_attr(at, a::STEPS_PLANNED),
                         batch: uint_attr(at, a::BATCH)?,
                         concurrency: uint_attr(at, a::CONCURRENCY)?,
                         pairs: uint_attr(at, a::PAIRS)?,

@@ -4,17 +4,17 @@
 //! vanishes mid-step is named lost and the run still finishes; too few drivers in time
 //! fail the run clearly.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use crossbatch_collector::serve::{CollectConfig, CollectorError, serve};
 use crossbatch_driver::coordinated::Gate;
 use crossbatch_driver::load::{Mode, StepConfig, wait_serving};
 use crossbatch_driver::stats::summarise;
 use crossbatch_driver::telemetry::{ClientTelemetry, Identity};
 use crossbatch_driver::{sweep, workload};
-use crossbatch_server::serve::ServeArgs;
 use serde_json::Value;
 
 type CollectorTask = tokio::task::JoinHandle<Result<Vec<std::path::PathBuf>, CollectorError>>;
@@ -44,34 +44,8 @@ async fn collector(
 }
 
 async fn server() -> (String, tokio::sync::oneshot::Sender<()>) {
-    let model = crossbatch_model::standin::ensure(&crossbatch_model::standin::default_dir())
-        .expect("stand-in");
-    let args = ServeArgs::try_parse_from([
-        "serve",
-        "--model",
-        model.to_str().expect("utf-8"),
-        "--backend",
-        "cpu",
-        "--batch-timeout-ms",
-        "2",
-    ])
-    .expect("args");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(crossbatch_server::serve::serve(
-        args,
-        listener,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    wait_serving(&url, &Default::default(), Duration::from_secs(120))
-        .await
-        .expect("serving");
-    (url, tx)
+    let (url, stop, _task) = common::stand_in_server(&["--batch-timeout-ms", "2"]).await;
+    (url, stop)
 }
 
 fn sweep_cfg(run_id: &str, driver: &str, conc: Vec<usize>, pairs: usize) -> sweep::SweepConfig {
@@ -124,6 +98,7 @@ async fn driver(
                 run_id: run_id.into(),
                 driver_id: id.clone(),
                 host: "loopback".into(),
+                steps_planned: 2,
             },
         )
         .expect("telemetry"),

@@ -3,17 +3,17 @@
 //! The report has every section, its latency percentiles equal the driver's own from
 //! the same calls, and `report --spans` rebuilds the same figures offline.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use crossbatch_collector::serve::{CollectConfig, serve};
 use crossbatch_driver::load::{Mode, StepConfig, wait_serving};
 use crossbatch_driver::telemetry::{ClientTelemetry, Identity, ServerInfo};
 use crossbatch_driver::{sweep, workload};
 use crossbatch_proto::v1::InfoRequest;
 use crossbatch_proto::v1::cross_encoder_client::CrossEncoderClient;
-use crossbatch_server::serve::ServeArgs;
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -43,32 +43,8 @@ async fn a_run_through_server_driver_and_collector_gives_the_full_report() {
         Duration::from_millis(200),
     )
     .expect("server telemetry");
-    let model = crossbatch_model::standin::ensure(&crossbatch_model::standin::default_dir())
-        .expect("stand-in");
-    let args = ServeArgs::try_parse_from([
-        "serve",
-        "--model",
-        model.to_str().expect("utf-8"),
-        "--backend",
-        "cpu",
-        "--batch-timeout-ms",
-        "5",
-        "--sample-interval-ms",
-        "100",
-    ])
-    .expect("args");
-    let server_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let target = format!("http://{}", server_listener.local_addr().expect("addr"));
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crossbatch_server::serve::serve(
-        args,
-        server_listener,
-        async move {
-            let _ = server_stopped.await;
-        },
-    ));
+    let (target, stop_server, server) =
+        common::stand_in_server(&["--batch-timeout-ms", "5", "--sample-interval-ms", "100"]).await;
     let ch = wait_serving(&target, &Default::default(), Duration::from_secs(120))
         .await
         .expect("serving");
@@ -86,6 +62,7 @@ async fn a_run_through_server_driver_and_collector_gives_the_full_report() {
                 run_id: "e2e-run".into(),
                 driver_id: "d0".into(),
                 host: "localhost".into(),
+                steps_planned: 2,
             },
         )
         .expect("client telemetry"),

@@ -187,6 +187,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
                     run_id: run_id.clone(),
                     driver_id: driver_id.clone(),
                     host: host.clone(),
+                    steps_planned: args.batch.len() * args.concurrency.len(),
                 },
             )
             .context("starting span export")?,

@@ -31,6 +31,9 @@ pub struct Identity {
     pub run_id: String,
     pub driver_id: String,
     pub host: String,
+    /// Configs in this driver's sweep (each call carries it, so a live view can say
+    /// "step i of N" before the run's completion record).
+    pub steps_planned: usize,
 }
 
 /// Exports the driver's spans; flushes on [`ClientTelemetry::shutdown`].
@@ -193,6 +196,7 @@ impl ClientTelemetry {
             KeyValue::new(a::RUN_ID, self.id.run_id.clone()),
             KeyValue::new(a::DRIVER_ID, self.id.driver_id.clone()),
             usize_kv(a::STEP, step),
+            usize_kv(a::STEPS_PLANNED, self.id.steps_planned),
             usize_kv(a::BATCH, s.batch),
             usize_kv(a::CONCURRENCY, s.concurrency),
             usize_kv(a::PAIRS, s.pairs),
