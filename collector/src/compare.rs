@@ -17,6 +17,17 @@ pub struct Pcts {
     pub p99: f64,
 }
 
+impl From<&crate::stats::Dist> for Pcts {
+    fn from(d: &crate::stats::Dist) -> Self {
+        Self {
+            avg: d.avg,
+            p50: d.p50,
+            p95: d.p95,
+            p99: d.p99,
+        }
+    }
+}
+
 /// One config of a run, as its report JSON has it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ConfigSummary {

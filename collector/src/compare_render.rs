@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::compare::{Comparison, Metric, best, change_pct, fmt_change};
-use crate::svg::{esc, fmt_tick, nice_max, svg_header};
+use crate::svg::{COLORS, esc, fmt_tick, nice_max, svg_header};
 
 fn cell(v: Option<f64>) -> String {
     match v {
@@ -210,9 +210,6 @@ pub fn markdown(c: &Comparison, title: &str, svg_file: Option<&str>) -> String {
 const W: f64 = 720.0;
 const PANEL: f64 = 200.0;
 const LEFT: f64 = 64.0;
-const COLORS: [&str; 6] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
-];
 
 /// Grouped bars per shared config: throughput, then median latency; a bar per run.
 pub fn svg(c: &Comparison) -> String {

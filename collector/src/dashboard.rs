@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -49,7 +50,8 @@ pub fn current(shared: &Shared, title: &str, expect_drivers: usize) -> Snapshot 
         .unwrap_or_else(|| Snapshot::waiting(title))
 }
 
-/// Recomputes the snapshot every second and publishes it (as JSON) when it changed.
+/// Recomputes the snapshot each second in which an export or a report arrived, and
+/// publishes it (as JSON) when it changed.
 pub fn spawn_publisher(
     shared: Arc<Shared>,
     title: String,
@@ -59,6 +61,7 @@ pub fn spawn_publisher(
         serde_json::to_string(&current(&shared, &title, expect_drivers)).unwrap_or_default();
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
+        let mut seen = shared.generation.load(Ordering::Relaxed);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -66,6 +69,12 @@ pub fn spawn_publisher(
             if tx.is_closed() {
                 return;
             }
+            // Nothing arrived: the run's figures cannot have moved.
+            let now = shared.generation.load(Ordering::Relaxed);
+            if now == seen {
+                continue;
+            }
+            seen = now;
             let s = shared.clone();
             let t = title.clone();
             // Building a report copies the run's records: off the async workers.

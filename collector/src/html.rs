@@ -7,19 +7,13 @@ use crate::dashboard::{SCRIPT, STYLE};
 use crate::live::snapshot;
 use crate::render::{Plots, markdown};
 use crate::report::Report;
-use crate::svg;
+use crate::svg::{self, esc};
 
 /// `<` → `\u003c` keeps embedded JSON from closing its `<script>` element.
 fn json_for_script(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value)
         .unwrap_or_else(|_| "null".into())
         .replace('<', "\\u003c")
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 /// The HTML report of `r`; `md_name` is the markdown file it sits beside.
@@ -67,9 +61,9 @@ figure {{ margin: 0 0 12px; }} figure svg {{ max-width: 100%; height: auto; back
 </body>
 </html>
 "#,
-        title = escape(&r.title),
+        title = esc(&r.title),
         json = json_for_script(&snap),
-        run = escape(&r.run_id),
-        md = escape(md_name),
+        run = esc(&r.run_id),
+        md = esc(md_name),
     )
 }

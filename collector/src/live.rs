@@ -7,26 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::compare::Pcts;
 use crate::report::{DashboardRow, DriverRow, Report, SeriesRow};
 use crate::stats::Dist;
-
-/// Latency percentiles of a config so far.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub struct Percentiles {
-    pub p50: f64,
-    pub p95: f64,
-    pub p99: f64,
-}
-
-impl From<&Dist> for Percentiles {
-    fn from(d: &Dist) -> Self {
-        Self {
-            p50: d.p50,
-            p95: d.p95,
-            p99: d.p99,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveConfig {
@@ -36,7 +19,7 @@ pub struct LiveConfig {
     pub pairs_ok: usize,
     pub errors: usize,
     pub pairs_per_s: f64,
-    pub latency_ms: Option<Percentiles>,
+    pub latency_ms: Option<Pcts>,
 }
 
 /// The step a run is on: the latest config any driver sent a call of.
@@ -58,7 +41,7 @@ pub struct Tiles {
     pub pairs_per_s_now: Option<f64>,
     /// Pairs completed per second since the run's first call.
     pub pairs_per_s_avg: Option<f64>,
-    pub latency_ms: Option<Percentiles>,
+    pub latency_ms: Option<Pcts>,
     pub tokenize_ms: Option<f64>,
     pub queue_ms: Option<f64>,
     pub inference_ms: Option<f64>,
@@ -123,6 +106,8 @@ fn dashboard_avg(rows: &[DashboardRow], metric: &str) -> Option<f64> {
 /// The snapshot of `r`, a report built from the run's records so far. `running`:
 /// drivers without a completion record are still running, not lost.
 pub fn snapshot(r: &Report, running: bool, report_path: Option<String>) -> Snapshot {
+    // Counts per config are the report's; latency over all configs and the run's
+    // span need the calls themselves.
     let measured: Vec<_> = r.calls.iter().filter(|c| !c.client.warmup).collect();
     let ok: Vec<f64> = measured
         .iter()
@@ -130,16 +115,10 @@ pub fn snapshot(r: &Report, running: bool, report_path: Option<String>) -> Snaps
         .map(|c| c.client.latency_ms)
         .collect();
     let mut errors = BTreeMap::new();
-    for c in measured.iter().filter(|c| !c.client.status.is_ok()) {
-        *errors
-            .entry(c.client.status.name().to_string())
-            .or_insert(0) += 1;
+    for (code, n) in r.configs.iter().flat_map(|c| &c.errors) {
+        *errors.entry(code.clone()).or_insert(0) += n;
     }
-    let pairs_ok: usize = measured
-        .iter()
-        .filter(|c| c.client.status.is_ok())
-        .map(|c| c.client.pairs)
-        .sum();
+    let pairs_ok: usize = r.configs.iter().map(|c| c.pairs).sum();
     let (first, last) = measured.iter().fold((u64::MAX, 0u64), |(lo, hi), c| {
         (lo.min(c.client.start_unix_ns), hi.max(c.client.end_unix_ns))
     });
@@ -190,11 +169,11 @@ pub fn snapshot(r: &Report, running: bool, report_path: Option<String>) -> Snaps
         batch_policy: r.batch_policy.clone(),
         step,
         tiles: Tiles {
-            calls: measured.len(),
+            calls: r.configs.iter().map(|c| c.calls).sum(),
             pairs_ok,
             pairs_per_s_now: last_row.map(|s| s.throughput),
             pairs_per_s_avg: (span_s > 0.0).then(|| pairs_ok as f64 / span_s),
-            latency_ms: Dist::of(&ok).as_ref().map(Percentiles::from),
+            latency_ms: Dist::of(&ok).as_ref().map(Pcts::from),
             tokenize_ms: dashboard_avg(&r.dashboard, "Tokenization"),
             queue_ms: dashboard_avg(&r.dashboard, "Queue"),
             inference_ms: dashboard_avg(&r.dashboard, "Inference"),
@@ -216,7 +195,7 @@ pub fn snapshot(r: &Report, running: bool, report_path: Option<String>) -> Snaps
                 pairs_ok: c.pairs,
                 errors: c.errors.values().sum(),
                 pairs_per_s: c.pairs_per_s,
-                latency_ms: c.latency_ms.as_ref().map(Percentiles::from),
+                latency_ms: c.latency_ms.as_ref().map(Pcts::from),
             })
             .collect(),
         series_interval_s: r.series_interval_s,

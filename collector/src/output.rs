@@ -15,11 +15,6 @@ pub struct OutputError {
     source: std::io::Error,
 }
 
-/// File-name-safe `YYYYmmdd-HHMMSS` from the report's timestamp.
-fn stamp(r: &Report) -> String {
-    r.timestamp.replace(['-', ':'], "").replace(' ', "-")
-}
-
 /// Writes the report's files and returns the markdown's path.
 pub fn write(dir: &Path, name: &str, r: &Report) -> Result<PathBuf, OutputError> {
     let err = |path: &Path| {
@@ -27,7 +22,7 @@ pub fn write(dir: &Path, name: &str, r: &Report) -> Result<PathBuf, OutputError>
         move |source| OutputError { path, source }
     };
     std::fs::create_dir_all(dir).map_err(err(dir))?;
-    let base = format!("{name}-{}", stamp(r));
+    let base = format!("{name}-{}", crate::report::file_stamp(&r.timestamp));
     let plots = Plots {
         latency: Some(format!("{base}-latency.svg")),
         throughput: Some(format!("{base}-throughput.svg")),

@@ -34,6 +34,9 @@ pub struct Shared {
     pub changed: Notify,
     /// The dashboard's view of the last run whose report was written.
     pub finished: Mutex<Option<crate::live::Snapshot>>,
+    /// Bumped by every export and every report: the dashboard rebuilds its view only
+    /// when it moved.
+    pub generation: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -48,6 +51,7 @@ impl Shared {
             forward,
             changed: Notify::new(),
             finished: Mutex::new(None),
+            generation: Default::default(),
         })
     }
 
@@ -90,6 +94,9 @@ impl Receiver {
         ingest(&mut self.0.store(), &req);
         self.0.write_out(serde_json::to_string(&req));
         self.0.pass_on(wrap(req));
+        self.0
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.0.changed.notify_one();
     }
 }

@@ -146,13 +146,18 @@ pub struct Report {
     pub batches: Vec<crate::store::BatchRecord>,
 }
 
-/// `YYYYmmdd-HHMMSS` (UTC) now: the file-name stamp of reports written now.
+/// File-name-safe `YYYYmmdd-HHMMSS` of a `YYYY-MM-DD HH:MM:SS` timestamp.
+pub fn file_stamp(timestamp: &str) -> String {
+    timestamp.replace(['-', ':'], "").replace(' ', "-")
+}
+
+/// [`file_stamp`] of now (UTC): files written now, outside a run's report.
 pub fn file_stamp_now() -> String {
     let ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    utc_timestamp(ns).replace(['-', ':'], "").replace(' ', "-")
+    file_stamp(&utc_timestamp(ns))
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time in ns.

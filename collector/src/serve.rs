@@ -119,11 +119,16 @@ async fn report_run(
     };
     let report = build(&data, &meta);
     let path = crate::output::write(&cfg.out_dir, name, &report)?;
-    *shared.finished.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::live::snapshot(
-        &report,
-        false,
-        Some(path.display().to_string()),
-    ));
+    if cfg.dashboard.is_some() {
+        *shared.finished.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::live::snapshot(
+            &report,
+            false,
+            Some(path.display().to_string()),
+        ));
+        shared
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     shared.store().forget(run_id, data.window_unix_ns.1);
     Ok(path)
 }

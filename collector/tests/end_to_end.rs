@@ -5,15 +5,9 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crossbatch_collector::serve::{CollectConfig, serve};
-use crossbatch_driver::load::{Mode, StepConfig, wait_serving};
-use crossbatch_driver::telemetry::{ClientTelemetry, Identity, ServerInfo};
-use crossbatch_driver::{sweep, workload};
-use crossbatch_proto::v1::InfoRequest;
-use crossbatch_proto::v1::cross_encoder_client::CrossEncoderClient;
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -45,60 +39,8 @@ async fn a_run_through_server_driver_and_collector_gives_the_full_report() {
     .expect("server telemetry");
     let (target, stop_server, server) =
         common::stand_in_server(&["--batch-timeout-ms", "5", "--sample-interval-ms", "100"]).await;
-    let ch = wait_serving(&target, &Default::default(), Duration::from_secs(120))
-        .await
-        .expect("serving");
-    let info = CrossEncoderClient::new(ch.clone())
-        .info(InfoRequest {})
-        .await
-        .expect("info")
-        .into_inner();
-
     // The driver: two configs, warm-up calls, spans to the collector.
-    let client = Arc::new(
-        ClientTelemetry::new(
-            &otlp,
-            Identity {
-                run_id: "e2e-run".into(),
-                driver_id: "d0".into(),
-                host: "localhost".into(),
-                steps_planned: 2,
-            },
-        )
-        .expect("client telemetry"),
-    );
-    let sweep_cfg = sweep::SweepConfig {
-        template: StepConfig {
-            step: 0,
-            batch: 1,
-            concurrency: 1,
-            pairs: 48,
-            warmup_calls: 2,
-            deadline: None,
-            mode: Mode::Closed,
-            run_id: "e2e-run".into(),
-            driver_id: "d0".into(),
-            api_key: None,
-        },
-        batches: vec![4],
-        concurrencies: vec![1, 3],
-        progress_every: Duration::ZERO,
-    };
-    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    let result = sweep::run(
-        ch,
-        Arc::new(workload::synthetic(40, 7)),
-        &sweep_cfg,
-        stop,
-        Some(Arc::clone(&client)),
-        ServerInfo::from(info),
-        None,
-    )
-    .await;
-    Arc::into_inner(client)
-        .expect("sole owner")
-        .shutdown()
-        .expect("client spans exported");
+    let result = common::drive(&target, &otlp, "e2e-run", vec![4], vec![1, 3], 48, 2, 40).await;
 
     let paths = tokio::time::timeout(Duration::from_secs(60), collector)
         .await

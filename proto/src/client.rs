@@ -25,24 +25,12 @@ impl Secret {
         Ok(Self(v.to_string()))
     }
 
-    /// The key from `--api-key` or else the first line of `--api-key-file`.
-    pub fn from_flag_or_file(
-        value: Option<&str>,
-        file: Option<&Path>,
-    ) -> Result<Option<Self>, String> {
-        match (value, file) {
-            (Some(_), Some(_)) => Err("give --api-key or --api-key-file, not both".into()),
-            (Some(v), None) => Self::new(v).map(Some),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("--api-key-file {}: {e}", path.display()))?;
-                let line = text.lines().next().unwrap_or("");
-                Self::new(line)
-                    .map(Some)
-                    .map_err(|e| format!("--api-key-file {}: {e}", path.display()))
-            }
-            (None, None) => Ok(None),
-        }
+    /// The key on the first line of `path` (`--api-key-file`).
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--api-key-file {}: {e}", path.display()))?;
+        Self::new(text.lines().next().unwrap_or(""))
+            .map_err(|e| format!("--api-key-file {}: {e}", path.display()))
     }
 
     pub fn expose(&self) -> &str {
@@ -95,10 +83,11 @@ impl std::fmt::Debug for KeyArg {
 /// are unset.
 pub fn resolve_key(flag: Option<&KeyArg>, file: Option<&Path>) -> Result<Option<Secret>, String> {
     let file = file.filter(|p| !p.as_os_str().is_empty());
-    match flag.and_then(|k| k.0.clone()) {
-        Some(_) if file.is_some() => Err("give --api-key or --api-key-file, not both".into()),
-        Some(k) => Ok(Some(k)),
-        None => Secret::from_flag_or_file(None, file),
+    match (flag.and_then(|k| k.0.clone()), file) {
+        (Some(_), Some(_)) => Err("give --api-key or --api-key-file, not both".into()),
+        (Some(k), None) => Ok(Some(k)),
+        (None, Some(path)) => Secret::from_file(path).map(Some),
+        (None, None) => Ok(None),
     }
 }
 
@@ -233,18 +222,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("key");
         std::fs::write(&file, "from-file\n").unwrap();
-        let got = Secret::from_flag_or_file(None, Some(&file))
-            .unwrap()
-            .unwrap();
+        let flag = |v: &str| KeyArg::parse(v).unwrap();
+        let got = resolve_key(None, Some(&file)).unwrap().unwrap();
         assert_eq!(got.expose(), "from-file");
-        let got = Secret::from_flag_or_file(Some("flag"), None)
-            .unwrap()
-            .unwrap();
+        let got = resolve_key(Some(&flag("flag")), None).unwrap().unwrap();
         assert_eq!(got.expose(), "flag");
-        assert!(Secret::from_flag_or_file(Some("a"), Some(&file)).is_err());
-        let missing = Secret::from_flag_or_file(None, Some(&dir.join("nope"))).unwrap_err();
+        assert!(resolve_key(Some(&flag("a")), Some(&file)).is_err());
+        let missing = resolve_key(None, Some(&dir.join("nope"))).unwrap_err();
         assert!(missing.contains("--api-key-file"), "{missing}");
-        assert!(Secret::from_flag_or_file(None, None).unwrap().is_none());
+        assert!(resolve_key(None, None).unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

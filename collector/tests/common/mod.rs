@@ -91,67 +91,26 @@ impl Rig {
         self.server = Some(task);
     }
 
-    /// Runs a sweep (batch 4 × `concurrencies`, `pairs` each) in a task; the task
-    /// ends once the driver's spans are exported.
+    /// Runs a sweep (batch 4 × `concurrencies`, `pairs` each) in a task.
     pub async fn spawn_driver(
         &self,
         run_id: &str,
         concurrencies: Vec<usize>,
         pairs: usize,
     ) -> JoinHandle<()> {
-        let ch = wait_serving(&self.target, &Default::default(), Duration::from_secs(120))
-            .await
-            .expect("serving");
-        let info = CrossEncoderClient::new(ch.clone())
-            .info(InfoRequest {})
-            .await
-            .expect("info")
-            .into_inner();
-        let client = Arc::new(
-            ClientTelemetry::new(
-                &self.otlp,
-                Identity {
-                    run_id: run_id.into(),
-                    driver_id: "d0".into(),
-                    host: "localhost".into(),
-                    steps_planned: concurrencies.len(),
-                },
-            )
-            .expect("client telemetry"),
-        );
-        let sweep_cfg = sweep::SweepConfig {
-            template: StepConfig {
-                step: 0,
-                batch: 1,
-                concurrency: 1,
-                pairs,
-                warmup_calls: 0,
-                deadline: None,
-                mode: Mode::Closed,
-                run_id: run_id.into(),
-                driver_id: "d0".into(),
-                api_key: None,
-            },
-            batches: vec![4],
-            concurrencies,
-            progress_every: Duration::ZERO,
-        };
+        let (target, otlp, run_id) = (self.target.clone(), self.otlp.clone(), run_id.to_string());
         tokio::spawn(async move {
-            let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-            sweep::run(
-                ch,
-                Arc::new(workload::synthetic(200, 7)),
-                &sweep_cfg,
-                stop,
-                Some(Arc::clone(&client)),
-                ServerInfo::from(info),
-                None,
+            drive(
+                &target,
+                &otlp,
+                &run_id,
+                vec![4],
+                concurrencies,
+                pairs,
+                0,
+                200,
             )
             .await;
-            Arc::into_inner(client)
-                .expect("sole owner")
-                .shutdown()
-                .expect("client spans exported");
         })
     }
 
@@ -220,6 +179,75 @@ pub async fn stand_in_server(
         .await
         .expect("serving");
     (url, tx, task)
+}
+
+/// One driver (id `d0`) against `target`: a batch × concurrency sweep with client
+/// spans to `otlp`, waiting for the server's health first; returns once its spans are
+/// exported. `workload` synthetic pairs are cycled.
+#[allow(clippy::too_many_arguments)]
+pub async fn drive(
+    target: &str,
+    otlp: &str,
+    run_id: &str,
+    batches: Vec<usize>,
+    concurrencies: Vec<usize>,
+    pairs: usize,
+    warmup_calls: usize,
+    workload: usize,
+) -> sweep::SweepResult {
+    let ch = wait_serving(target, &Default::default(), Duration::from_secs(120))
+        .await
+        .expect("serving");
+    let info = CrossEncoderClient::new(ch.clone())
+        .info(InfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    let client = Arc::new(
+        ClientTelemetry::new(
+            otlp,
+            Identity {
+                run_id: run_id.into(),
+                driver_id: "d0".into(),
+                host: "localhost".into(),
+                steps_planned: batches.len() * concurrencies.len(),
+            },
+        )
+        .expect("client telemetry"),
+    );
+    let cfg = sweep::SweepConfig {
+        template: StepConfig {
+            step: 0,
+            batch: 1,
+            concurrency: 1,
+            pairs,
+            warmup_calls,
+            deadline: None,
+            mode: Mode::Closed,
+            run_id: run_id.into(),
+            driver_id: "d0".into(),
+            api_key: None,
+        },
+        batches,
+        concurrencies,
+        progress_every: Duration::ZERO,
+    };
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let result = sweep::run(
+        ch,
+        Arc::new(workload::synthetic(workload, 7)),
+        &cfg,
+        stop,
+        Some(Arc::clone(&client)),
+        ServerInfo::from(info),
+        None,
+    )
+    .await;
+    Arc::into_inner(client)
+        .expect("sole owner")
+        .shutdown()
+        .expect("client spans exported");
+    result
 }
 
 pub async fn http_get(addr: &str, path: &str) -> (String, String) {
