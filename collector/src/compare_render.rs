@@ -160,12 +160,13 @@ pub fn markdown(c: &Comparison, title: &str, svg_file: Option<&str>) -> String {
     for r in &c.runs {
         let s = &r.summary;
         let label = match &r.path {
+            // The comparison is written elsewhere: link each report where it is.
             Some(p) => format!(
                 "[{}]({})",
                 r.label,
-                p.file_name()
-                    .map(|f| f.to_string_lossy())
-                    .unwrap_or_default()
+                std::fs::canonicalize(p)
+                    .unwrap_or_else(|_| p.clone())
+                    .display()
             ),
             None => r.label.clone(),
         };
@@ -258,7 +259,8 @@ pub fn svg(c: &Comparison) -> String {
         let group_w = (W - LEFT - 16.0) / groups;
         let bar_w = (group_w * 0.8 / c.runs.len().max(1) as f64).min(40.0);
         for (g, (key, vals)) in c.shared.iter().zip(&values).enumerate() {
-            let gx = LEFT + group_w * g as f64 + group_w * 0.1;
+            // The group's bars centred under its label.
+            let gx = LEFT + group_w * (g as f64 + 0.5) - bar_w * c.runs.len() as f64 / 2.0;
             for (i, v) in vals.iter().enumerate() {
                 let Some(v) = v else { continue };
                 let h = (bottom - top) * (v / y_max).clamp(0.0, 1.0);
