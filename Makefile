@@ -14,12 +14,12 @@ REPEAT_GPU ?= 10
 CUBECL_AUTOTUNE_LEVEL ?= minimal
 export CUBECL_AUTOTUNE_LEVEL
 
-.PHONY: all build test test-compose bench bench-gpu bench-model bench-compose standin deps fmt clippy experiment experiments
+.PHONY: all build test test-compose bench bench-baseline bench-gpu bench-model bench-compose standin deps fmt clippy experiment experiments
 
 # `make bench` settings (see scripts/bench.sh): e.g. make bench SWEEP="batch=1,8,32 conc=1,4,16"
 export NAME SWEEP MODEL BACKEND DTYPE MAX_BATCH MAX_BATCH_TOKENS BATCH_TIMEOUT_MS POLICY WORKLOAD WARMUP REPORTS
 # `make bench-gpu` settings (see scripts/bench-gpu.sh): e.g. make bench-gpu DTYPES=f16
-export DTYPES BATCHES SERVED_SWEEP
+export DTYPES BATCHES SERVED_SWEEP REPEAT
 # `make bench-compose` settings (see scripts/compose.sh): e.g. make bench-compose DRIVERS=3
 export DRIVERS BATCH CONC PAIRS OFFLINE
 
@@ -72,6 +72,11 @@ bench-gpu: standin
 # N coordinated drivers in containers (docker-compose), report in ./reports.
 bench-compose: build standin
 	@scripts/compose.sh
+
+# crossbatch's CPU forward beside PyTorch's CrossEncoder.predict, same machine, same run:
+# one table in reports/baseline-<ts>.md. Creates .baseline/venv (pip, several GB) once.
+bench-baseline: build standin
+	@scripts/bench-baseline.sh
 
 # The model alone (offline forward passes per batch size) and the served throughput
 # and overheads on loopback, as text.

@@ -18,153 +18,53 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::config::BertConfig;
+use crate::params::{self, HostParams};
 use crate::scorer::{Encoded, Layout, ModelError, padded_len};
-use crate::weights::{Checkpoint, HostTensor};
+use crate::weights::HostTensor;
 
-struct Dense {
-    /// `[in, out]`
-    weight: Tensor<2>,
-    bias: Tensor<1>,
+type Dense = params::Dense<Tensor<2>, Tensor<1>>;
+type Norm = params::Norm<Tensor<1>>;
+type EncoderLayer = params::Layer<Tensor<2>, Tensor<1>>;
+
+fn linear_fwd<const D: usize>(d: &Dense, x: Tensor<D>) -> Tensor<D> {
+    linear(x, d.weight.clone(), Some(d.bias.clone()))
 }
 
-impl Dense {
-    fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.clone(), Some(self.bias.clone()))
-    }
-}
-
-struct Norm {
-    gamma: Tensor<1>,
-    beta: Tensor<1>,
-    eps: f64,
-}
-
-impl Norm {
-    fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        layer_norm(x, self.gamma.clone(), Some(self.beta.clone()), self.eps)
-    }
-}
-
-struct EncoderLayer {
-    query: Dense,
-    /// Key and value projections fused: `[hidden, 2 * hidden]`.
-    key_value: Dense,
-    attn_out: Dense,
-    attn_norm: Norm,
-    ffn_in: Dense,
-    ffn_out: Dense,
-    ffn_norm: Norm,
+fn norm_fwd<const D: usize>(n: &Norm, x: Tensor<D>) -> Tensor<D> {
+    layer_norm(x, n.gamma.clone(), Some(n.beta.clone()), n.eps)
 }
 
 pub struct Bert {
     cfg: BertConfig,
     device: Device,
-    word: Tensor<2>,
-    position: Tensor<2>,
-    token_type: Tensor<2>,
-    emb_norm: Norm,
-    layers: Vec<EncoderLayer>,
-    pooler: Dense,
-    classifier: Dense,
+    p: params::Params<Tensor<2>, Tensor<1>>,
     /// Row blocks the GELU is split into (CPU backend only; see `gelu`).
     activation_parallelism: usize,
 }
 
-fn upload(t: HostTensor, device: &Device) -> Tensor<2> {
+fn upload(t: &HostTensor, device: &Device) -> Tensor<2> {
     let shape = [t.shape[0], t.shape[1]];
-    Tensor::from_data(TensorData::new(t.data, shape), device)
+    Tensor::from_data(TensorData::new(t.data.clone(), shape), device)
 }
 
-fn upload1(t: HostTensor, device: &Device) -> Tensor<1> {
-    let n = t.data.len();
-    Tensor::from_data(TensorData::new(t.data, [n]), device)
-}
-
-/// Columns side by side: `[r, a] ++ [r, b] -> [r, a + b]`.
-fn concat_cols(a: &HostTensor, b: &HostTensor) -> HostTensor {
-    let rows = a.shape[0];
-    let (ca, cb) = (a.shape[1], b.shape[1]);
-    let mut data = Vec::with_capacity(rows * (ca + cb));
-    for r in 0..rows {
-        data.extend_from_slice(&a.data[r * ca..(r + 1) * ca]);
-        data.extend_from_slice(&b.data[r * cb..(r + 1) * cb]);
-    }
-    HostTensor {
-        shape: vec![rows, ca + cb],
-        data,
-    }
+fn upload1(t: &[f32], device: &Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(t.to_vec(), [t.len()]), device)
 }
 
 impl Bert {
-    /// Builds the model on `device` from a checked checkpoint.
+    /// Uploads the parameters to `device`.
     pub fn new(
         cfg: BertConfig,
-        mut ck: Checkpoint,
+        host: &HostParams,
         device: &Device,
         activation_parallelism: usize,
-    ) -> Result<Self, ModelError> {
-        let eps = cfg.layer_norm_eps;
-        let dense = |ck: &mut Checkpoint, p: &str| -> Result<Dense, ModelError> {
-            let w = ck.take(&format!("{p}.weight"))?.transposed();
-            let b = ck.take(&format!("{p}.bias"))?;
-            Ok(Dense {
-                weight: upload(w, device),
-                bias: upload1(b, device),
-            })
-        };
-        let norm = |ck: &mut Checkpoint, p: &str| -> Result<Norm, ModelError> {
-            Ok(Norm {
-                gamma: upload1(ck.take(&format!("{p}.weight"))?, device),
-                beta: upload1(ck.take(&format!("{p}.bias"))?, device),
-                eps,
-            })
-        };
-        let word = upload(ck.take("embeddings.word_embeddings.weight")?, device);
-        let position = upload(ck.take("embeddings.position_embeddings.weight")?, device);
-        let token_type = upload(ck.take("embeddings.token_type_embeddings.weight")?, device);
-        let emb_norm = norm(&mut ck, "embeddings.LayerNorm")?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for l in 0..cfg.num_hidden_layers {
-            let p = format!("encoder.layer.{l}");
-            let k_w = ck
-                .take(&format!("{p}.attention.self.key.weight"))?
-                .transposed();
-            let v_w = ck
-                .take(&format!("{p}.attention.self.value.weight"))?
-                .transposed();
-            let k_b = ck.take(&format!("{p}.attention.self.key.bias"))?;
-            let v_b = ck.take(&format!("{p}.attention.self.value.bias"))?;
-            let kv_b = HostTensor {
-                shape: vec![k_b.data.len() + v_b.data.len()],
-                data: [k_b.data, v_b.data].concat(),
-            };
-            layers.push(EncoderLayer {
-                query: dense(&mut ck, &format!("{p}.attention.self.query"))?,
-                key_value: Dense {
-                    weight: upload(concat_cols(&k_w, &v_w), device),
-                    bias: upload1(kv_b, device),
-                },
-                attn_out: dense(&mut ck, &format!("{p}.attention.output.dense"))?,
-                attn_norm: norm(&mut ck, &format!("{p}.attention.output.LayerNorm"))?,
-                ffn_in: dense(&mut ck, &format!("{p}.intermediate.dense"))?,
-                ffn_out: dense(&mut ck, &format!("{p}.output.dense"))?,
-                ffn_norm: norm(&mut ck, &format!("{p}.output.LayerNorm"))?,
-            });
-        }
-        let pooler = dense(&mut ck, "pooler.dense")?;
-        let classifier = dense(&mut ck, "classifier")?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             cfg,
             device: device.clone(),
-            word,
-            position,
-            token_type,
-            emb_norm,
-            layers,
-            pooler,
-            classifier,
+            p: host.map(|m| upload(m, device), |v| upload1(v, device)),
             activation_parallelism: activation_parallelism.max(1),
-        })
+        }
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -181,35 +81,7 @@ impl Bert {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        for (i, e) in batch.iter().enumerate() {
-            if e.is_empty()
-                || e.len() > self.cfg.max_position_embeddings
-                || e.ids.len() != e.type_ids.len()
-            {
-                return Err(ModelError::Input(format!(
-                    "sequence {i} has {} ids / {} type ids (allowed 1..={})",
-                    e.ids.len(),
-                    e.type_ids.len(),
-                    self.cfg.max_position_embeddings
-                )));
-            }
-            if let Some(&bad) = e.ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-                return Err(ModelError::Input(format!(
-                    "sequence {i} has token id {bad} outside the vocabulary ({})",
-                    self.cfg.vocab_size
-                )));
-            }
-            if let Some(&bad) = e
-                .type_ids
-                .iter()
-                .find(|&&t| t as usize >= self.cfg.type_vocab_size)
-            {
-                return Err(ModelError::Input(format!(
-                    "sequence {i} has token type {bad} (type vocabulary {})",
-                    self.cfg.type_vocab_size
-                )));
-            }
-        }
+        self.cfg.check_batch(batch)?;
         let logits = match layout {
             Layout::Packed => self.forward_packed(batch),
             Layout::Padded => self.forward_padded(batch),
@@ -229,10 +101,14 @@ impl Bert {
 
     /// Sum of the three embeddings for flat index lists, normalised: `[n, hidden]`.
     fn embed(&self, ids: Vec<i32>, positions: Vec<i32>, types: Vec<i32>) -> Tensor<2> {
-        let x = self.word.clone().select(0, self.int_tensor(ids))
-            + self.position.clone().select(0, self.int_tensor(positions))
-            + self.token_type.clone().select(0, self.int_tensor(types));
-        self.emb_norm.forward(x)
+        let x = self.p.word.clone().select(0, self.int_tensor(ids))
+            + self
+                .p
+                .position
+                .clone()
+                .select(0, self.int_tensor(positions))
+            + self.p.token_type.clone().select(0, self.int_tensor(types));
+        norm_fwd(&self.p.emb_norm, x)
     }
 
     /// `[rows, hidden] -> [1, heads, rows, head_dim]`
@@ -261,10 +137,10 @@ impl Bert {
         }
         let h = self.cfg.hidden_size;
         let mut x = self.embed(ids, positions, types);
-        let n_layers = self.layers.len();
-        for (li, layer) in self.layers.iter().enumerate() {
+        let n_layers = self.p.layers.len();
+        for (li, layer) in self.p.layers.iter().enumerate() {
             let last = li + 1 == n_layers;
-            let kv = layer.key_value.forward(x.clone());
+            let kv = linear_fwd(&layer.key_value, x.clone());
             // Residual rows: every token, or only [CLS] in the last layer.
             let residual = if last {
                 let cls: Vec<i32> = offsets.iter().map(|&o| o as i32).collect();
@@ -272,7 +148,7 @@ impl Bert {
             } else {
                 x
             };
-            let q = layer.query.forward(residual.clone());
+            let q = linear_fwd(&layer.query, residual.clone());
             let mut ctxs = Vec::with_capacity(batch.len());
             for (b, e) in batch.iter().enumerate() {
                 let (off, len) = (offsets[b], e.len());
@@ -324,10 +200,10 @@ impl Bert {
             Tensor::from_data(TensorData::new(pad, [b, l]), &self.device);
         let key_pad: Tensor<4, Bool> = key_pad.reshape([b, 1, 1, l]);
         let mut x = self.embed(ids, positions, types); // [b*l, h]
-        let n_layers = self.layers.len();
-        for (li, layer) in self.layers.iter().enumerate() {
+        let n_layers = self.p.layers.len();
+        for (li, layer) in self.p.layers.iter().enumerate() {
             let last = li + 1 == n_layers;
-            let kv = layer.key_value.forward(x.clone()).reshape([b, l, 2 * h]);
+            let kv = linear_fwd(&layer.key_value, x.clone()).reshape([b, l, 2 * h]);
             let split = |t: Tensor<3>| t.reshape([b, l, nh, dh]).swap_dims(1, 2);
             let k = split(kv.clone().narrow(2, 0, h));
             let v = split(kv.narrow(2, h, h));
@@ -336,9 +212,7 @@ impl Bert {
             } else {
                 (x, l)
             };
-            let q = layer
-                .query
-                .forward(residual.clone())
+            let q = linear_fwd(&layer.query, residual.clone())
                 .reshape([b, lq, nh, dh])
                 .swap_dims(1, 2);
             let mask = key_pad.clone().expand([b, nh, lq, l]);
@@ -370,18 +244,20 @@ impl Bert {
 
     /// Attention output projection, residual + norm, FFN, residual + norm.
     fn block_tail(&self, layer: &EncoderLayer, ctx: Tensor<2>, residual: Tensor<2>) -> Tensor<2> {
-        let a = layer
-            .attn_norm
-            .forward(layer.attn_out.forward(ctx) + residual);
-        let f = layer
-            .ffn_out
-            .forward(self.gelu(layer.ffn_in.forward(a.clone())));
-        layer.ffn_norm.forward(f + a)
+        let a = norm_fwd(
+            &layer.attn_norm,
+            linear_fwd(&layer.attn_out, ctx) + residual,
+        );
+        let f = linear_fwd(
+            &layer.ffn_out,
+            self.gelu(linear_fwd(&layer.ffn_in, a.clone())),
+        );
+        norm_fwd(&layer.ffn_norm, f + a)
     }
 
     /// `[batch, hidden]` [CLS] states → `[batch, 1]` logits.
     fn head(&self, cls: Tensor<2>) -> Tensor<2> {
-        let pooled = self.pooler.forward(cls).tanh();
-        self.classifier.forward(pooled)
+        let pooled = linear_fwd(&self.p.pooler, cls).tanh();
+        linear_fwd(&self.p.classifier, pooled)
     }
 }

@@ -68,6 +68,42 @@ impl BertConfig {
             .unwrap_or(2)
     }
 
+    /// Checks that every sequence of a batch can go through the model: non-empty, no
+    /// longer than the position table, every id inside its vocabulary (the tokenizer
+    /// guarantees all of it; a caller with its own ids may not).
+    pub fn check_batch(&self, batch: &[&crate::scorer::Encoded]) -> Result<(), ModelError> {
+        for (i, e) in batch.iter().enumerate() {
+            if e.is_empty()
+                || e.len() > self.max_position_embeddings
+                || e.ids.len() != e.type_ids.len()
+            {
+                return Err(ModelError::Input(format!(
+                    "sequence {i} has {} ids / {} type ids (allowed 1..={})",
+                    e.ids.len(),
+                    e.type_ids.len(),
+                    self.max_position_embeddings
+                )));
+            }
+            if let Some(&bad) = e.ids.iter().find(|&&t| t as usize >= self.vocab_size) {
+                return Err(ModelError::Input(format!(
+                    "sequence {i} has token id {bad} outside the vocabulary ({})",
+                    self.vocab_size
+                )));
+            }
+            if let Some(&bad) = e
+                .type_ids
+                .iter()
+                .find(|&&t| t as usize >= self.type_vocab_size)
+            {
+                return Err(ModelError::Input(format!(
+                    "sequence {i} has token type {bad} (type vocabulary {})",
+                    self.type_vocab_size
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }

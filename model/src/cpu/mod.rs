@@ -1,0 +1,375 @@
+//! The CPU forward: the packed layout run on host arrays with a few fused kernels
+//! instead of one Burn op per step. Burn's CPU backend (burn-flex) spends about half
+//! of a forward outside its matmuls (README, "Where the CPU time goes"): a fresh
+//! buffer per op, scalar libm `exp`/`erf`, per-sequence attention as a dozen small ops.
+//! Here the same parameters ([`crate::params`]) feed
+//! - the `gemm` crate's matmuls (burn-flex's own), with bias and residual added in the
+//!   pass that reads the product next (GELU, layer norm) rather than a pass of their own;
+//! - one fused attention job per (sequence, head) ([`attention`]);
+//! - vectorized GELU and layer norm over row blocks on the rayon pool ([`kernels`]).
+//!
+//! The wgpu path keeps Burn's ops ([`crate::bert`]); both compute the same function,
+//! which the parity tests check against the reference on each.
+
+mod attention;
+mod gemm;
+mod kernels;
+mod math;
+pub mod simd;
+
+use rayon::prelude::*;
+
+use crate::config::BertConfig;
+use crate::params::{Dense, HostParams, Norm, concat_cols};
+use crate::scorer::Encoded;
+use crate::weights::HostTensor;
+use gemm::{View, matmul};
+use std::ops::Range;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Repeatable values in `[-half_range, half_range)` for the kernels' tests (an LCG).
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u32, half_range: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 * half_range - half_range
+        })
+        .collect()
+}
+
+/// Rows per parallel block of the element-wise kernels: big enough to amortize a
+/// rayon task, small enough to spread a batch-1 forward over two cores.
+const ROW_BLOCK: usize = 16;
+
+/// Wall time per phase of the forward, summed over the calls that recorded into it, in
+/// the order phases first ran.
+#[derive(Debug, Clone, Default)]
+pub struct PhaseTimes(pub Vec<(&'static str, Duration)>);
+
+impl PhaseTimes {
+    fn add(&mut self, name: &'static str, d: Duration) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, total)) => *total += d,
+            None => self.0.push((name, d)),
+        }
+    }
+
+    pub fn total(&self) -> Duration {
+        self.0.iter().map(|(_, d)| *d).sum()
+    }
+}
+
+/// Times consecutive phases when it has somewhere to put them; free otherwise.
+struct Clock<'a> {
+    sink: Option<&'a mut PhaseTimes>,
+    last: Instant,
+}
+
+impl<'a> Clock<'a> {
+    fn off() -> Self {
+        Self {
+            sink: None,
+            last: Instant::now(),
+        }
+    }
+    fn on(sink: &'a mut PhaseTimes) -> Self {
+        Self {
+            sink: Some(sink),
+            last: Instant::now(),
+        }
+    }
+    /// Charges the time since the previous lap to `phase`.
+    fn lap(&mut self, phase: &'static str) {
+        if let Some(sink) = self.sink.as_deref_mut() {
+            let now = Instant::now();
+            sink.add(phase, now - self.last);
+            self.last = now;
+        }
+    }
+}
+
+/// Activations of one forward, reused from layer to layer.
+#[derive(Default)]
+struct Buffers {
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    /// After attention, output projection and norm.
+    a: Vec<f32>,
+    /// The FFN's intermediate activations.
+    ffn: Vec<f32>,
+    /// The layer's output, swapped in as the next layer's input.
+    next: Vec<f32>,
+    /// Keys and values of the last layer.
+    kv: Vec<f32>,
+}
+
+/// Resizes without writing the kept part: the next kernel overwrites every element.
+fn fit(v: &mut Vec<f32>, len: usize) {
+    if v.len() > len {
+        v.truncate(len);
+    } else {
+        v.resize(len, 0.0);
+    }
+}
+
+struct Layer {
+    /// Query, key and value projections side by side: `[hidden, 3 * hidden]`.
+    qkv: Dense<HostTensor, Vec<f32>>,
+    attn_out: Dense<HostTensor, Vec<f32>>,
+    attn_norm: Norm<Vec<f32>>,
+    ffn_in: Dense<HostTensor, Vec<f32>>,
+    ffn_out: Dense<HostTensor, Vec<f32>>,
+    ffn_norm: Norm<Vec<f32>>,
+}
+
+pub struct CpuBert {
+    cfg: BertConfig,
+    word: HostTensor,
+    position: HostTensor,
+    token_type: HostTensor,
+    emb_norm: Norm<Vec<f32>>,
+    layers: Vec<Layer>,
+    pooler: Dense<HostTensor, Vec<f32>>,
+    classifier: Dense<HostTensor, Vec<f32>>,
+    /// Activation buffers kept between forwards: fresh ones would be zeroed (and their
+    /// pages faulted in) on every call. A concurrent caller gets its own.
+    buffers: Mutex<Buffers>,
+}
+
+fn view(t: &HostTensor) -> View<'_> {
+    View::new(&t.data, t.shape[0], t.shape[1])
+}
+
+/// `out = x · w[:, cols]`, without the bias: the kernel that reads `out` next adds it.
+fn project(out: &mut Vec<f32>, x: View<'_>, d: &Dense<HostTensor, Vec<f32>>, cols: Range<usize>) {
+    let n = cols.len();
+    fit(out, x.rows * n);
+    matmul(out, n, x, view(&d.weight).columns(cols.start, n), false);
+}
+
+/// `x · w[:, cols] + bias[cols]`.
+fn dense(out: &mut Vec<f32>, x: View<'_>, d: &Dense<HostTensor, Vec<f32>>, cols: Range<usize>) {
+    project(out, x, d, cols.clone());
+    let bias = &d.bias[cols];
+    out.par_chunks_mut(bias.len() * ROW_BLOCK).for_each(|rows| {
+        for row in rows.chunks_exact_mut(bias.len()) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+    });
+}
+
+/// `x = layer_norm(x + bias + residual)` over row blocks on the rayon pool.
+fn add_norm(x: &mut [f32], bias: &[f32], residual: Option<&[f32]>, n: &Norm<Vec<f32>>) {
+    let width = n.gamma.len();
+    let block = width * ROW_BLOCK;
+    let eps = n.eps as f32;
+    match residual {
+        Some(r) => x
+            .par_chunks_mut(block)
+            .zip(r.par_chunks(block))
+            .for_each(|(rows, res)| kernels::layer_norm(rows, bias, res, &n.gamma, &n.beta, eps)),
+        None => x
+            .par_chunks_mut(block)
+            .for_each(|rows| kernels::layer_norm(rows, bias, &[], &n.gamma, &n.beta, eps)),
+    }
+}
+
+impl CpuBert {
+    /// Takes the host parameters (no copy of the big tables beyond the fused QKV).
+    pub fn new(cfg: BertConfig, p: HostParams) -> Self {
+        let layers = p
+            .layers
+            .into_iter()
+            .map(|l| Layer {
+                qkv: Dense {
+                    weight: concat_cols(&l.query.weight, &l.key_value.weight),
+                    bias: [l.query.bias, l.key_value.bias].concat(),
+                },
+                attn_out: l.attn_out,
+                attn_norm: l.attn_norm,
+                ffn_in: l.ffn_in,
+                ffn_out: l.ffn_out,
+                ffn_norm: l.ffn_norm,
+            })
+            .collect();
+        Self {
+            cfg,
+            word: p.word,
+            position: p.position,
+            token_type: p.token_type,
+            emb_norm: p.emb_norm,
+            layers,
+            pooler: p.pooler,
+            classifier: p.classifier,
+            buffers: Mutex::default(),
+        }
+    }
+
+    /// Raw logits, one per sequence, in order (inputs already checked by the caller).
+    pub fn forward(&self, batch: &[&Encoded]) -> Vec<f32> {
+        // On a pool thread, so every parallel step below is split from there rather
+        // than handed over from (and waited for by) the caller's thread.
+        rayon::scope(|_| self.forward_on_pool(batch, &mut Clock::off()))
+    }
+
+    /// [`forward`](Self::forward), adding the wall time of each phase to `phases`.
+    pub fn forward_profiled(&self, batch: &[&Encoded], phases: &mut PhaseTimes) -> Vec<f32> {
+        rayon::scope(|_| self.forward_on_pool(batch, &mut Clock::on(phases)))
+    }
+
+    fn forward_on_pool(&self, batch: &[&Encoded], clock: &mut Clock<'_>) -> Vec<f32> {
+        let h = self.cfg.hidden_size;
+        let heads = self.cfg.num_attention_heads;
+        let dh = self.cfg.head_dim();
+        let mut seqs = Vec::with_capacity(batch.len());
+        let mut tokens = 0;
+        for e in batch {
+            seqs.push(attention::Seq {
+                kv_start: tokens,
+                len: e.len(),
+                q_start: tokens,
+                q_len: e.len(),
+            });
+            tokens += e.len();
+        }
+        let mut x = self.embed(batch, tokens);
+        clock.lap("embeddings + norm");
+        let mut own = None;
+        let mut shared = self.buffers.try_lock().ok();
+        let buf: &mut Buffers = match shared.as_deref_mut() {
+            Some(b) => b,
+            None => own.insert(Buffers::default()),
+        };
+        let Buffers {
+            qkv,
+            ctx,
+            a,
+            ffn,
+            next,
+            kv,
+        } = buf;
+        let n_layers = self.layers.len();
+        for (li, layer) in self.layers.iter().enumerate() {
+            if li + 1 < n_layers {
+                dense(qkv, View::new(&x, tokens, h), &layer.qkv, 0..3 * h);
+                clock.lap("QKV projection");
+                fit(ctx, tokens * h);
+                let inp = attention::Inputs {
+                    q: qkv,
+                    q_stride: 3 * h,
+                    kv: qkv,
+                    kv_stride: 3 * h,
+                    k_col: h,
+                    v_col: 2 * h,
+                    heads,
+                    head_dim: dh,
+                };
+                attention::attend(&inp, &seqs, ctx, h);
+                clock.lap("attention");
+                self.block_tail(layer, ctx, &x, tokens, a, ffn, next, clock);
+                std::mem::swap(&mut x, next);
+            } else {
+                // Only the [CLS] rows reach the pooler: keys and values for every token,
+                // everything else for one row per sequence.
+                dense(kv, View::new(&x, tokens, h), &layer.qkv, h..3 * h);
+                let cls: Vec<f32> = seqs
+                    .iter()
+                    .flat_map(|s| x[s.kv_start * h..(s.kv_start + 1) * h].iter().copied())
+                    .collect();
+                let b = seqs.len();
+                dense(qkv, View::new(&cls, b, h), &layer.qkv, 0..h);
+                clock.lap("QKV projection");
+                for (i, s) in seqs.iter_mut().enumerate() {
+                    s.q_start = i;
+                    s.q_len = 1;
+                }
+                fit(ctx, b * h);
+                let inp = attention::Inputs {
+                    q: qkv,
+                    q_stride: h,
+                    kv,
+                    kv_stride: 2 * h,
+                    k_col: 0,
+                    v_col: h,
+                    heads,
+                    head_dim: dh,
+                };
+                attention::attend(&inp, &seqs, ctx, h);
+                clock.lap("attention");
+                self.block_tail(layer, ctx, &cls, b, a, ffn, next, clock);
+                std::mem::swap(&mut x, next);
+            }
+        }
+        let logits = self.head(&x, seqs.len());
+        clock.lap("pooler + classifier");
+        logits
+    }
+
+    /// Word + position + token type embeddings of every token, normalised.
+    fn embed(&self, batch: &[&Encoded], tokens: usize) -> Vec<f32> {
+        let h = self.cfg.hidden_size;
+        let mut x = Vec::with_capacity(tokens * h);
+        for e in batch {
+            for (pos, (&id, &ty)) in e.ids.iter().zip(&e.type_ids).enumerate() {
+                let w = &self.word.data[id as usize * h..][..h];
+                let p = &self.position.data[pos * h..][..h];
+                let t = &self.token_type.data[ty as usize * h..][..h];
+                x.extend(w.iter().zip(p).zip(t).map(|((w, p), t)| w + p + t));
+            }
+        }
+        add_norm(&mut x, &[], None, &self.emb_norm);
+        x
+    }
+
+    /// Output projection onto the residual, norm, FFN with GELU onto that, norm.
+    /// `x` has `rows` rows; the result is left in `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn block_tail(
+        &self,
+        layer: &Layer,
+        ctx: &[f32],
+        x: &[f32],
+        rows: usize,
+        a: &mut Vec<f32>,
+        ffn: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+        clock: &mut Clock<'_>,
+    ) {
+        let (h, inter) = (self.cfg.hidden_size, self.cfg.intermediate_size);
+        project(a, View::new(ctx, rows, h), &layer.attn_out, 0..h);
+        clock.lap("attention output projection");
+        add_norm(a, &layer.attn_out.bias, Some(x), &layer.attn_norm);
+        clock.lap("bias + residual + layer norm");
+        project(ffn, View::new(a, rows, h), &layer.ffn_in, 0..inter);
+        clock.lap("FFN in (384 -> 1536)");
+        let bias = &layer.ffn_in.bias;
+        ffn.par_chunks_mut(inter * ROW_BLOCK)
+            .for_each(|rows| kernels::bias_gelu(rows, bias));
+        clock.lap("bias + GELU");
+        project(out, View::new(ffn, rows, inter), &layer.ffn_out, 0..h);
+        clock.lap("FFN out (1536 -> 384)");
+        add_norm(out, &layer.ffn_out.bias, Some(a), &layer.ffn_norm);
+        clock.lap("bias + residual + layer norm");
+    }
+
+    /// Pooler (tanh) over the [CLS] states, then the one-logit classifier.
+    fn head(&self, cls: &[f32], b: usize) -> Vec<f32> {
+        let h = self.cfg.hidden_size;
+        let mut pooled = Vec::new();
+        dense(&mut pooled, View::new(cls, b, h), &self.pooler, 0..h);
+        pooled.iter_mut().for_each(|v| *v = v.tanh());
+        let mut logits = Vec::new();
+        dense(
+            &mut logits,
+            View::new(&pooled, b, h),
+            &self.classifier,
+            0..1,
+        );
+        logits
+    }
+}

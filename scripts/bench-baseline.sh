@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# `make bench-baseline`: crossbatch's CPU forward and PyTorch on the same machine, one
+# right after the other, on the same pair file, batch sizes and thread count:
+#   1. `crossbatch-server bench --backends cpu` (the forward, tokenization excluded);
+#   2. sentence-transformers `CrossEncoder(model).predict(pairs, batch_size=B)` and the
+#      HF forward alone, torch on the CPU with the same number of threads;
+# then one table (scripts/bench_baseline.py) in reports/baseline-<ts>.md.
+# PyTorch lives in a virtual environment created under the clone (.baseline/venv, pip
+# from PyPI, several GB with the CUDA wheels PyPI's torch pulls in): never part of
+# `make test`. Each side starts on an idle machine (or says it could not wait for one).
+#
+# Environment (all optional):
+#   BATCHES=1,8,32,96  REPEAT=3 (timed passes per batch size, median)
+#   MODEL=cross-encoder/ms-marco-MiniLM-L-6-v2 (the stand-in when the hub is unreachable)
+#   WORKLOAD=../shared/reference/bench-800.jsonl  REPORTS=reports  BASELINE_VENV=.baseline/venv
+#   TORCH_SPEC="torch==2.15.0"  ST_SPEC="sentence-transformers==6.2.0"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN="${CARGO_TARGET_DIR:-target}/release"
+REPORTS=${REPORTS:-reports}
+BATCHES=${BATCHES:-1,8,32,96}
+REPEAT=${REPEAT:-3}
+MODEL=${MODEL:-cross-encoder/ms-marco-MiniLM-L-6-v2}
+WORKLOAD=${WORKLOAD:-../shared/reference/bench-800.jsonl}
+VENV=${BASELINE_VENV:-.baseline/venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.15.0}
+ST_SPEC=${ST_SPEC:-sentence-transformers==6.2.0}
+THREADS=$(nproc)
+
+if [[ ! -f "$WORKLOAD" ]]; then
+    echo "error: pair file $WORKLOAD not found (set WORKLOAD=...)" >&2
+    exit 2
+fi
+
+if ! "$VENV/bin/python" -c 'import torch, sentence_transformers' 2>/dev/null; then
+    echo "== creating $VENV with $TORCH_SPEC and $ST_SPEC (pip, PyPI; once)" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --upgrade pip
+    "$VENV/bin/pip" install --quiet "$TORCH_SPEC" "$ST_SPEC"
+fi
+
+# Busy share of the whole machine over one second, in percent (Linux /proc/stat).
+busy_share() {
+    local b0 i0 b1 i1
+    read -r b0 i0 < <(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+    sleep 1
+    read -r b1 i1 < <(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+    echo $(( 100 * (b1 - b0) / ((b1 - b0) + (i1 - i0) + 1) ))
+}
+
+# Waits (up to a minute) until less than 10% of the machine is busy.
+wait_idle() {
+    local share
+    for i in $(seq 1 60); do
+        share=$(busy_share)
+        (( share < 10 )) && return 0
+        (( i == 1 )) && echo "waiting for the machine to go idle ($share% busy)..." >&2
+    done
+    echo "WARNING: the machine is still $share% busy after a minute; timing anyway" >&2
+}
+
+mkdir -p "$REPORTS"
+out="$REPORTS/baseline-$(date -u +%Y%m%d-%H%M%S)"
+model_dir=$("$BIN/crossbatch-server" model path --model "$MODEL")
+echo "== model: $model_dir; $THREADS threads on each side" >&2
+
+wait_idle
+echo "== crossbatch: offline CPU forward" >&2
+"$BIN/crossbatch-server" bench --backends cpu --model "$model_dir" --input "$WORKLOAD" \
+    --batches "$BATCHES" --repeat "$REPEAT" --json "$out.crossbatch.json" >&2
+
+wait_idle
+echo "== PyTorch: CrossEncoder.predict and the forward alone" >&2
+OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS HF_HUB_OFFLINE=1 \
+    "$VENV/bin/python" scripts/bench_baseline.py --model "$model_dir" --input "$WORKLOAD" \
+    --crossbatch-json "$out.crossbatch.json" --batches "$BATCHES" --repeat "$REPEAT" \
+    --threads "$THREADS" --out "$out.md"
+echo "report: $out.md"
