@@ -28,7 +28,9 @@ use crossbatch_model::{Encoded, Layout, ModelError, Scorer, padded_len, panic_me
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BatchPolicy {
-    /// Wait up to the timeout for a full batch (the default).
+    /// `eager` on the CPU, `deadline` on a GPU (the default; see [`BatchPolicy::resolve`]).
+    Auto,
+    /// Wait up to the timeout for a full batch.
     Deadline,
     /// Run whatever waits as soon as the model is free (text-embeddings-inference's way).
     Eager,
@@ -37,9 +39,26 @@ pub enum BatchPolicy {
     None,
 }
 
+impl BatchPolicy {
+    /// The policy `auto` stands for on a backend. On a GPU a fuller batch costs little
+    /// more than a small one, so waiting for one pays. On the CPU the cost per pair
+    /// hardly falls past a batch of 8 (README, "The model alone"), so a batch waiting
+    /// for company only leaves the cores idle: measured, `eager` served more than
+    /// `deadline` at every load `bench-serve` runs.
+    pub fn resolve(self, backend: crossbatch_model::backend::BackendKind) -> Self {
+        use crossbatch_model::backend::BackendKind;
+        match (self, backend) {
+            (Self::Auto, BackendKind::Cpu) => Self::Eager,
+            (Self::Auto, BackendKind::Wgpu) => Self::Deadline,
+            (other, _) => other,
+        }
+    }
+}
+
 impl std::fmt::Display for BatchPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Self::Auto => "auto",
             Self::Deadline => "deadline",
             Self::Eager => "eager",
             Self::None => "none",
@@ -577,7 +596,8 @@ async fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
                 let now = Instant::now();
                 let due = q.items.front().map(|i| i.req.enqueued + cfg.timeout);
                 let ready = match cfg.policy {
-                    BatchPolicy::Eager | BatchPolicy::None => true,
+                    // `auto` is resolved before the batcher starts; unresolved, it is eager.
+                    BatchPolicy::Eager | BatchPolicy::None | BatchPolicy::Auto => true,
                     BatchPolicy::Deadline => {
                         q.items.len() >= cfg.max_batch
                             || q.shutdown

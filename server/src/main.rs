@@ -458,7 +458,8 @@ fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
         )?;
         let opts = bench::BenchOptions {
             batches: vec![1, 8, 16, 32, 64, 96],
-            repeat: 1,
+            // Median of 3: one pass can be off by 10% on a shared VM.
+            repeat: 3,
             matmul_n: 512,
         };
         let r = bench::run(&model, &pairs, &opts, |m| eprintln!("  offline {m}"))?;

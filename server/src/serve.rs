@@ -60,12 +60,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CROSSBATCH_MAX_BATCH_TOKENS", default_value_t = 16384)]
     pub max_batch_tokens: usize,
     /// deadline: wait up to the timeout for a full batch. eager: run whatever waits as
-    /// soon as the model is free.
+    /// soon as the model is free. auto: eager on the CPU, deadline on a GPU.
     #[arg(
         long,
         env = "CROSSBATCH_BATCH_POLICY",
         value_enum,
-        default_value = "deadline"
+        default_value = "auto"
     )]
     pub batch_policy: BatchPolicy,
     /// Group waiting pairs of similar length into a batch (less padding).
@@ -247,7 +247,10 @@ fn load(
         max_batch_tokens: args.max_batch_tokens as u32,
         max_input_length: max_len as u32,
         max_client_batch: args.max_client_batch as u32,
-        batch_policy: args.batch_policy.to_string(),
+        batch_policy: args
+            .batch_policy
+            .resolve(model.device().backend)
+            .to_string(),
         max_queue_pairs: args.max_queue_pairs as u32,
         version: env!("CARGO_PKG_VERSION").into(),
         queued_pairs: 0,
@@ -268,7 +271,7 @@ fn load(
         timeout: Duration::from_millis(args.batch_timeout_ms),
         max_batch_tokens: args.max_batch_tokens,
         max_queue_pairs: args.max_queue_pairs,
-        policy: args.batch_policy,
+        policy: args.batch_policy.resolve(device.backend),
         group_by_length: args.group_by_length,
     };
     let (batcher, thread) = Batcher::start(Arc::clone(&model), cfg, metrics);

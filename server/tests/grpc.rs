@@ -107,7 +107,7 @@ async fn a_pair_scores_the_same_alone_and_in_a_batch_of_96() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_request_waits_for_the_timeout_under_deadline_but_not_eager() {
-    let server = Server::start(&["--batch-timeout-ms", "400"]).await;
+    let server = Server::start(&["--batch-timeout-ms", "400", "--batch-policy", "deadline"]).await;
     let mut c = server.client().await;
     let t = Instant::now();
     let r = c
@@ -147,6 +147,8 @@ async fn a_lone_request_waits_for_the_timeout_under_deadline_but_not_eager() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_refused_at_once_and_the_server_recovers() {
     let server = Server::start(&[
+        "--batch-policy",
+        "deadline",
         "--batch-timeout-ms",
         "1500",
         "--max-queue-pairs",
@@ -182,7 +184,7 @@ async fn overload_is_refused_at_once_and_the_server_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_deadlines_and_cancelled_calls_leave_the_queue_before_inference() {
-    let server = Server::start(&["--batch-timeout-ms", "1500"]).await;
+    let server = Server::start(&["--batch-timeout-ms", "1500", "--batch-policy", "deadline"]).await;
     let mut c = server.client().await;
     let before = c
         .info(InfoRequest {})
@@ -311,6 +313,10 @@ async fn rerank_sorts_best_first_with_top_n_and_text() {
     let info = c.info(InfoRequest {}).await.expect("info").into_inner();
     assert!(info.stand_in, "the stand-in is named as such");
     assert_eq!(info.backend, "cpu");
+    assert_eq!(
+        info.batch_policy, "eager",
+        "the default, auto, is eager on the CPU"
+    );
     assert_eq!(info.max_batch, 96);
     assert_eq!(info.max_input_length, 512);
     server.stop().await;
@@ -318,7 +324,7 @@ async fn rerank_sorts_best_first_with_top_n_and_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_queued_work_then_exits_cleanly() {
-    let server = Server::start(&["--batch-timeout-ms", "600"]).await;
+    let server = Server::start(&["--batch-timeout-ms", "600", "--batch-policy", "deadline"]).await;
     let mut c = server.client().await;
     let call = tokio::spawn(async move { c.score(raw(vec![pair("finish", "me")])).await });
     tokio::time::sleep(Duration::from_millis(150)).await;
