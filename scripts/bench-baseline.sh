@@ -4,13 +4,14 @@
 #   1. `crossbatch-server bench --backends cpu` (the forward, tokenization excluded);
 #   2. sentence-transformers `CrossEncoder(model).predict(pairs, batch_size=B)` and the
 #      HF forward alone, torch on the CPU with the same number of threads;
-# then one table (scripts/bench_baseline.py) in reports/baseline-<ts>.md.
+# alternating batch size by batch size for REPEAT rounds, then one table
+# (scripts/bench_baseline.py) in reports/baseline-<ts>.md.
 # PyTorch lives in a virtual environment created under the clone (.baseline/venv, pip
 # from PyPI, several GB with the CUDA wheels PyPI's torch pulls in): never part of
 # `make test`. Each side starts on an idle machine (or says it could not wait for one).
 #
 # Environment (all optional):
-#   BATCHES=1,8,32,96  REPEAT=3 (timed passes per batch size, median)
+#   BATCHES=1,8,32,96  REPEAT=3 (rounds: timed passes per batch size and side, median)
 #   MODEL=cross-encoder/ms-marco-MiniLM-L-6-v2 (the stand-in when the hub is unreachable)
 #   WORKLOAD=../shared/reference/bench-800.jsonl  REPORTS=reports  BASELINE_VENV=.baseline/venv
 #   TORCH_SPEC="torch==2.15.0"  ST_SPEC="sentence-transformers==6.2.0"
@@ -61,19 +62,28 @@ wait_idle() {
 }
 
 mkdir -p "$REPORTS"
+started=$(date -u '+%Y-%m-%d %H:%M UTC')
 out="$REPORTS/baseline-$(date -u +%Y%m%d-%H%M%S)"
+mkdir -p "$out.runs"
 model_dir=$("$BIN/crossbatch-server" model path --model "$MODEL")
-echo "== model: $model_dir; $THREADS threads on each side" >&2
+echo "== model: $model_dir; $THREADS threads on each side; $REPEAT rounds" >&2
 
-wait_idle
-echo "== crossbatch: offline CPU forward" >&2
-"$BIN/crossbatch-server" bench --backends cpu --model "$model_dir" --input "$WORKLOAD" \
-    --batches "$BATCHES" --repeat "$REPEAT" --json "$out.crossbatch.json" >&2
-
-wait_idle
-echo "== PyTorch: CrossEncoder.predict and the forward alone" >&2
-OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS HF_HUB_OFFLINE=1 \
-    "$VENV/bin/python" scripts/bench_baseline.py --model "$model_dir" --input "$WORKLOAD" \
-    --crossbatch-json "$out.crossbatch.json" --batches "$BATCHES" --repeat "$REPEAT" \
-    --threads "$THREADS" --out "$out.md"
-echo "report: $out.md"
+# The two sides alternate, batch size by batch size, round after round: a machine whose
+# speed drifts over minutes (a shared VM does) then moves both sides alike.
+for round in $(seq 1 "$REPEAT"); do
+    for b in ${BATCHES//,/ }; do
+        wait_idle
+        echo "== round $round, batch $b: crossbatch" >&2
+        "$BIN/crossbatch-server" bench --backends cpu --model "$model_dir" --input "$WORKLOAD" \
+            --batches "$b" --repeat 1 --json "$out.runs/crossbatch-$b-$round.json" >/dev/null
+        wait_idle
+        echo "== round $round, batch $b: PyTorch" >&2
+        OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS HF_HUB_OFFLINE=1 \
+            "$VENV/bin/python" scripts/bench_baseline.py torch --model "$model_dir" \
+            --input "$WORKLOAD" --batch "$b" --threads "$THREADS" \
+            --json "$out.runs/torch-$b-$round.json" 2> >(grep -v '^Loading weights' >&2)
+    done
+done
+"$VENV/bin/python" scripts/bench_baseline.py table --input "$WORKLOAD" --started "$started" \
+    --crossbatch "$out.runs"/crossbatch-*.json --torch "$out.runs"/torch-*.json --out "$out.md"
+echo "report: $out.md (every pass: $out.runs/)"
