@@ -151,8 +151,8 @@ async fn errors_are_counted_by_code_when_the_server_goes_away() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_latency_grows_from_intended_start_on_a_slow_server_closed_does_not() {
-    // A slow server: a lone call waits the full 300 ms batch timeout.
-    let mut server = start(&["--batch-timeout-ms", "300"]).await;
+    // A slow server: under `deadline` a lone call waits the full 300 ms batch timeout.
+    let mut server = start(&["--batch-timeout-ms", "300", "--batch-policy", "deadline"]).await;
     let ch = wait_serving(&server.url, &Default::default(), Duration::from_secs(120))
         .await
         .expect("serving");
