@@ -16,7 +16,7 @@ pub enum BackendChoice {
     Auto,
     /// burn-wgpu (Metal on Apple silicon, Vulkan elsewhere), even on a software adapter
     Wgpu,
-    /// burn-flex on the CPU (SIMD + rayon)
+    /// the CPU: fused kernels (model/src/cpu), burn-flex for Burn's ops
     Cpu,
 }
 
@@ -83,7 +83,7 @@ impl fmt::Display for BackendKind {
 pub struct SelectedDevice {
     pub device: Device,
     pub backend: BackendKind,
-    /// e.g. "NVIDIA H200 (Vulkan, discrete)" or "AMD EPYC 7B13 (2 threads, burn-flex)"
+    /// e.g. "NVIDIA H200 (Vulkan, discrete)" or "AMD EPYC 7B13 (2 threads, avx512)"
     pub name: String,
     /// A software rasterizer: correct but slow.
     pub software: bool,
@@ -187,7 +187,12 @@ fn cpu_device() -> SelectedDevice {
     SelectedDevice {
         device: Device::flex(),
         backend: BackendKind::Cpu,
-        name: format!("{} ({threads} threads, burn-flex)", cpu_model()),
+        // The instruction set the CPU kernels run with: what a CPU figure depends on.
+        name: format!(
+            "{} ({threads} threads, {})",
+            cpu_model(),
+            crate::cpu::simd::isa().name()
+        ),
         software: false,
         precision: Precision::F32,
     }

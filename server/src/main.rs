@@ -122,7 +122,7 @@ struct ModelArgs {
     /// Hub revision (branch, tag or commit) when the model is a hub id.
     #[arg(long, env = "CROSSBATCH_MODEL_REVISION", default_value = source::DEFAULT_REVISION)]
     revision: String,
-    /// auto: wgpu on a hardware GPU, else CPU. wgpu: force wgpu. cpu: burn-flex.
+    /// auto: wgpu on a hardware GPU, else CPU. wgpu: force wgpu. cpu: the CPU kernels.
     #[arg(long, env = "CROSSBATCH_BACKEND", value_enum, default_value = "auto")]
     backend: BackendChoice,
     #[command(flatten)]
@@ -605,7 +605,11 @@ fn devices(args: DevicesArgs) -> Result<ExitCode> {
             a.name, a.backend, a.driver
         );
     }
-    println!("cpu   burn-flex  {}", backend::cpu_model());
+    println!(
+        "cpu   {:8}  {}",
+        crossbatch_model::cpu::simd::isa().name(),
+        backend::cpu_model()
+    );
     let gpu = found.iter().any(|a| !a.is_software());
     if args.require_gpu && !gpu {
         eprintln!(

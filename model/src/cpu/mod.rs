@@ -1,6 +1,6 @@
 //! The CPU forward: the packed layout run on host arrays with a few fused kernels
 //! instead of one Burn op per step. Burn's CPU backend (burn-flex) spends about half
-//! of a forward outside its matmuls (README, "Where the CPU time goes"): a fresh
+//! of a forward outside its matmuls (README, "The model alone"): a fresh
 //! buffer per op, scalar libm `exp`/`erf`, per-sequence attention as a dozen small ops.
 //! Here the same parameters ([`crate::params`]) feed
 //! - the `gemm` crate's matmuls (burn-flex's own), with bias and residual added in the
