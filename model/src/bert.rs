@@ -82,6 +82,15 @@ impl Bert {
             return Ok(Vec::new());
         }
         self.cfg.check_batch(batch)?;
+        self.forward_checked(batch, layout)
+    }
+
+    /// [`forward`](Self::forward) for a non-empty batch its caller has already checked.
+    pub(crate) fn forward_checked(
+        &self,
+        batch: &[&Encoded],
+        layout: Layout,
+    ) -> Result<Vec<f32>, ModelError> {
         let logits = match layout {
             Layout::Packed => self.forward_packed(batch),
             Layout::Padded => self.forward_padded(batch),

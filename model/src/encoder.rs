@@ -129,11 +129,19 @@ impl CrossEncoder {
     }
     /// A short name for what computes a forward: `fused`, `burn` (ops) or `wgpu`.
     pub fn engine(&self) -> String {
-        match (&self.fused, self.layout) {
-            (Some(_), Layout::Packed) => self.cpu_kernels.to_string(),
-            (Some(_), Layout::Padded) => "burn".to_string(),
-            (None, _) => self.device.backend.to_string(),
+        match (self.fused_kernels(), &self.fused) {
+            (Some(_), _) => CpuKernels::Fused.to_string(),
+            (None, Some(_)) => CpuKernels::Burn.to_string(),
+            (None, None) => self.device.backend.to_string(),
         }
+    }
+
+    /// The fused CPU forward when it is what runs (CPU backend, packed layout, fused
+    /// kernels chosen); `None` where Burn's ops run.
+    fn fused_kernels(&self) -> Option<&CpuBert> {
+        self.fused
+            .as_ref()
+            .filter(|_| self.layout == Layout::Packed && self.cpu_kernels == CpuKernels::Fused)
     }
 
     pub fn encode(&self, query: &str, passage: &str) -> Result<Encoded, ModelError> {
@@ -148,9 +156,9 @@ impl CrossEncoder {
                 return Ok(Vec::new());
             }
             self.config().check_batch(batch)?;
-            match (&self.fused, self.layout, self.cpu_kernels) {
-                (Some(fused), Layout::Packed, CpuKernels::Fused) => Ok(fused.forward(batch)),
-                _ => self.bert.forward(batch, self.layout),
+            match self.fused_kernels() {
+                Some(fused) => Ok(fused.forward(batch)),
+                None => self.bert.forward_checked(batch, self.layout),
             }
         };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {

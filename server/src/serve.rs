@@ -237,6 +237,7 @@ fn load(
         seconds = format!("{:.1}", warm.elapsed.as_secs_f64()),
         "warmed up"
     );
+    let policy = args.batch_policy.resolve(model.device().backend);
     let info = InfoResponse {
         model_id: src.id.clone(),
         stand_in: model.is_standin(),
@@ -247,10 +248,7 @@ fn load(
         max_batch_tokens: args.max_batch_tokens as u32,
         max_input_length: max_len as u32,
         max_client_batch: args.max_client_batch as u32,
-        batch_policy: args
-            .batch_policy
-            .resolve(model.device().backend)
-            .to_string(),
+        batch_policy: policy.to_string(),
         max_queue_pairs: args.max_queue_pairs as u32,
         version: env!("CARGO_PKG_VERSION").into(),
         queued_pairs: 0,
@@ -271,7 +269,7 @@ fn load(
         timeout: Duration::from_millis(args.batch_timeout_ms),
         max_batch_tokens: args.max_batch_tokens,
         max_queue_pairs: args.max_queue_pairs,
-        policy: args.batch_policy.resolve(device.backend),
+        policy,
         group_by_length: args.group_by_length,
     };
     let (batcher, thread) = Batcher::start(Arc::clone(&model), cfg, metrics);

@@ -41,12 +41,19 @@ fn detect() -> Isa {
     *BEST.get_or_init(detect_uncached)
 }
 
-/// `wanted`, or the best this CPU has where `wanted` is beyond it.
+/// `wanted`, or the best this CPU has where `wanted` is beyond it. Called on every
+/// kernel call: no allocation, one cached load.
 pub fn at_most(wanted: Isa) -> Isa {
-    if Isa::available().contains(&wanted) {
+    let rank = |i: Isa| match i {
+        Isa::Avx512 => 2,
+        Isa::Avx2 => 1,
+        Isa::Baseline => 0,
+    };
+    let best = detect();
+    if rank(wanted) <= rank(best) {
         wanted
     } else {
-        detect()
+        best
     }
 }
 
