@@ -6,6 +6,8 @@ pub mod v1 {
 }
 
 pub mod client;
+pub mod collector_access;
+pub mod key_check;
 pub mod lifecycle;
 pub mod rejections;
 
