@@ -1,13 +1,20 @@
 // crossbatch dashboard: renders a run snapshot (the collector's /api/snapshot shape)
 // as tiles, charts and tables. Live: follows /events (server-sent events). In a saved
 // HTML report: renders the embedded final snapshot once. No dependencies.
+// Every value of the snapshot (driver ids, hosts, model names: whatever peers sent)
+// reaches the page as text nodes or setAttribute values, never parsed as markup.
 "use strict";
 
 const COLORS = ["#4cc2ff", "#f0883e", "#3fb950", "#d2a8ff", "#f85149", "#e3b341"];
 
+// A small non-zero figure keeps two significant digits (0.020, 0.0031) rather than
+// reading as zero; the report's markdown does the same (figure.rs).
 function fmt(v, digits) {
   if (v === null || v === undefined || Number.isNaN(v)) return "n/a";
   const d = digits === undefined ? (Math.abs(v) >= 100 ? 0 : Math.abs(v) >= 10 ? 1 : 2) : digits;
+  if (v !== 0 && Math.abs(v) < (d === 0 ? 1 : 0.1)) {
+    return v.toLocaleString("en-US", { minimumSignificantDigits: 2, maximumSignificantDigits: 2 });
+  }
   return v.toLocaleString("en-US", { minimumFractionDigits: d, maximumFractionDigits: d });
 }
 

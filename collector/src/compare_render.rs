@@ -1,17 +1,20 @@
 //! A [`Comparison`] as markdown tables and a grouped-bar SVG, and the files
 //! `crossbatch-collector compare` writes. The pieces are public so that an
-//! experiment's report can use the same tables.
+//! experiment's report can use the same tables. Labels and the runs' facts (model,
+//! backend, device, policy) go through `escape`, figures through `figure::fig`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::compare::{Comparison, Metric, best, change_pct, fmt_change};
-use crate::svg::{COLORS, esc, fmt_tick, nice_max, svg_header};
+use crate::escape::{html as esc, md, md_url};
+use crate::figure::fig;
+use crate::svg::{COLORS, fmt_tick, nice_max, svg_header};
 
 fn cell(v: Option<f64>) -> String {
     match v {
-        Some(x) if x >= 100.0 => format!("{x:.1}"),
-        Some(x) => format!("{x:.2}"),
+        Some(x) if x >= 100.0 => fig(x, 1),
+        Some(x) => fig(x, 2),
         None => "n/a".into(),
     }
 }
@@ -22,7 +25,7 @@ pub fn device_warning(c: &Comparison) -> Option<String> {
     let mut devices: Vec<String> = c
         .runs
         .iter()
-        .map(|r| format!("{} on {}", r.summary.backend, r.summary.device))
+        .map(|r| format!("{} on {}", md(&r.summary.backend), md(&r.summary.device)))
         .collect();
     devices.sort();
     devices.dedup();
@@ -49,10 +52,10 @@ pub fn metric_tables(w: &mut String, c: &Comparison, heading: &str) {
         let mut rule = String::from("|---|---|");
         for (i, r) in c.runs.iter().enumerate() {
             if i == 0 {
-                let _ = write!(head, " {} (baseline) |", r.label);
+                let _ = write!(head, " {} (baseline) |", md(&r.label));
                 rule.push_str("---|");
             } else {
-                let _ = write!(head, " {} | vs baseline |", r.label);
+                let _ = write!(head, " {} | vs baseline |", md(&r.label));
                 rule.push_str("---|---|");
             }
         }
@@ -93,12 +96,14 @@ pub fn partial_table(w: &mut String, c: &Comparison, heading: &str) {
         "| Batch | Concurrency | In | Missing from |\n|---|---|---|---|"
     );
     for (k, having) in &c.partial {
-        let missing: Vec<&str> = c
+        let missing: Vec<String> = c
             .runs
             .iter()
             .map(|r| r.label.as_str())
             .filter(|l| !having.iter().any(|h| h == l))
+            .map(md)
             .collect();
+        let having: Vec<String> = having.iter().map(|h| md(h)).collect();
         let _ = writeln!(
             w,
             "| {} | {} | {} | {} |",
@@ -132,7 +137,7 @@ pub fn best_table(w: &mut String, c: &Comparison, what: &str) {
         let _ = writeln!(
             w,
             "| {} | {} | {} | {} | {} | {} | {} |",
-            r.label,
+            md(&r.label),
             cell(b.throughput.map(|t| t.0)),
             fmt_change(tp_change),
             b.throughput.map(|t| t.1.to_string()).unwrap_or_default(),
@@ -147,7 +152,7 @@ pub fn best_table(w: &mut String, c: &Comparison, what: &str) {
 /// The markdown of `crossbatch-collector compare`.
 pub fn markdown(c: &Comparison, title: &str, svg_file: Option<&str>) -> String {
     let mut w = String::new();
-    let _ = writeln!(w, "# {title}\n");
+    let _ = writeln!(w, "# {}\n", md(title));
     let _ = writeln!(
         w,
         "*{} runs side by side; the first is the baseline and every change is against it.*\n",
@@ -163,22 +168,25 @@ pub fn markdown(c: &Comparison, title: &str, svg_file: Option<&str>) -> String {
             // The comparison is written elsewhere: link each report where it is.
             Some(p) => format!(
                 "[{}]({})",
-                r.label,
-                std::fs::canonicalize(p)
-                    .unwrap_or_else(|_| p.clone())
-                    .display()
+                md(&r.label),
+                md_url(
+                    &std::fs::canonicalize(p)
+                        .unwrap_or_else(|_| p.clone())
+                        .display()
+                        .to_string()
+                )
             ),
-            None => r.label.clone(),
+            None => md(&r.label),
         };
         let _ = writeln!(
             w,
             "| {label} | {} | {}{} | {} | {} | {} | {} | {} |",
-            s.timestamp,
-            s.model,
+            md(&s.timestamp),
+            md(&s.model),
             if s.stand_in { " (stand-in)" } else { "" },
-            s.backend,
-            s.device,
-            s.batch_policy,
+            md(&s.backend),
+            md(&s.device),
+            md(&s.batch_policy),
             s.max_batch.map(|m| m.to_string()).unwrap_or_default(),
             s.batch_timeout_ms
                 .map(|m| m.to_string())
@@ -193,8 +201,8 @@ pub fn markdown(c: &Comparison, title: &str, svg_file: Option<&str>) -> String {
         let _ = writeln!(
             w,
             "**{} is partial:** {}\n",
-            r.label,
-            r.summary.partial.as_deref().unwrap_or_default()
+            md(&r.label),
+            md(r.summary.partial.as_deref().unwrap_or_default())
         );
     }
     let _ = writeln!(w, "## Best of each run\n");
@@ -203,7 +211,7 @@ pub fn markdown(c: &Comparison, title: &str, svg_file: Option<&str>) -> String {
     metric_tables(&mut w, c, "###");
     partial_table(&mut w, c, "##");
     if let Some(f) = svg_file {
-        let _ = writeln!(w, "![Throughput and latency per config]({f})\n");
+        let _ = writeln!(w, "![Throughput and latency per config]({})\n", md_url(f));
     }
     w
 }
@@ -266,11 +274,12 @@ pub fn svg(c: &Comparison) -> String {
                 let h = (bottom - top) * (v / y_max).clamp(0.0, 1.0);
                 let _ = writeln!(
                     out,
-                    r#"<rect x="{:.1}" y="{:.1}" width="{bar_w:.1}" height="{h:.1}" fill="{}"><title>{}: {v:.1}</title></rect>"#,
+                    r#"<rect x="{:.1}" y="{:.1}" width="{bar_w:.1}" height="{h:.1}" fill="{}"><title>{}: {}</title></rect>"#,
                     gx + bar_w * i as f64,
                     bottom - h,
                     COLORS[i % COLORS.len()],
-                    esc(&c.runs[i].label)
+                    esc(&c.runs[i].label),
+                    fig(*v, 1)
                 );
             }
             let _ = writeln!(

@@ -4,16 +4,28 @@
 //! It opens from disk with no network.
 
 use crate::dashboard::{SCRIPT, STYLE};
+use crate::escape::html as esc;
 use crate::live::snapshot;
 use crate::render::{Plots, markdown};
 use crate::report::Report;
-use crate::svg::{self, esc};
+use crate::svg;
 
 /// `<` → `\u003c` keeps embedded JSON from closing its `<script>` element.
 fn json_for_script(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value)
         .unwrap_or_else(|_| "null".into())
         .replace('<', "\\u003c")
+}
+
+/// The markdown's events with any raw HTML turned into text. The report's markdown
+/// holds none of its own, so raw HTML here could only be a peer's value that escaping
+/// missed: shown as text, it stays visible and inert.
+fn without_raw_html(md: &str) -> impl Iterator<Item = pulldown_cmark::Event<'_>> {
+    use pulldown_cmark::{Event, Options, Parser};
+    Parser::new_ext(md, Options::ENABLE_TABLES | Options::ENABLE_FOOTNOTES).map(|e| match e {
+        Event::Html(raw) | Event::InlineHtml(raw) => Event::Text(raw),
+        other => other,
+    })
 }
 
 /// The HTML report of `r`; `md_name` is the markdown file it sits beside.
@@ -28,11 +40,7 @@ pub fn report_html(r: &Report, md_name: &str) -> String {
         },
     );
     let mut body = String::new();
-    let parser = pulldown_cmark::Parser::new_ext(
-        &md,
-        pulldown_cmark::Options::ENABLE_TABLES | pulldown_cmark::Options::ENABLE_FOOTNOTES,
-    );
-    pulldown_cmark::html::push_html(&mut body, parser);
+    pulldown_cmark::html::push_html(&mut body, without_raw_html(&md));
     let plots = [svg::latency(r), svg::throughput(r), svg::series(r)]
         .into_iter()
         .map(|s| format!("<figure>{s}</figure>"))
@@ -66,4 +74,22 @@ figure {{ margin: 0 0 12px; }} figure svg {{ max-width: 100%; height: auto; back
         run = esc(&r.run_id),
         md = esc(md_name),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_raw_html;
+
+    #[test]
+    fn raw_html_is_rendered_as_text() {
+        let md = "<script>alert(1)</script>\n\nA <img src=x onerror=alert(2)> and <b>b</b>.\n";
+        let mut out = String::new();
+        pulldown_cmark::html::push_html(&mut out, without_raw_html(md));
+        assert!(!out.contains("<script") && !out.contains("<img") && !out.contains("<b>"));
+        assert!(
+            out.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{out}"
+        );
+        assert!(out.contains("&lt;img src=x onerror=alert(2)&gt;"), "{out}");
+    }
 }

@@ -6,6 +6,8 @@ pub mod compare;
 pub mod compare_render;
 pub mod coordinate;
 pub mod dashboard;
+pub mod escape;
+pub mod figure;
 pub mod forward;
 pub mod html;
 pub mod live;

@@ -1,9 +1,13 @@
 //! The report as markdown, in the shape of `report-example.md` (sections, tables,
 //! columns, order): text only, every figure already computed by `report::build`.
+//! Every string that came from a peer goes through `escape`, every figure through
+//! `figure::fig`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::escape::{md, md_code, md_url};
+use crate::figure::fig;
 use crate::report::Report;
 
 /// Links to the plots beside the markdown (file names, relative).
@@ -16,14 +20,14 @@ pub struct Plots {
 
 fn na_or(v: Option<f64>, digits: usize) -> String {
     match v {
-        Some(x) => format!("{x:.digits$}"),
+        Some(x) => fig(x, digits),
         None => "n/a".into(),
     }
 }
 
 fn dash_or(v: Option<f64>, digits: usize) -> String {
     match v {
-        Some(x) => format!("{x:.digits$}"),
+        Some(x) => fig(x, digits),
         None => "-".into(),
     }
 }
@@ -41,32 +45,34 @@ fn errors_cell(errors: &BTreeMap<String, usize>) -> String {
 pub fn markdown(r: &Report, plots: &Plots) -> String {
     let mut o = String::new();
     let w = &mut o;
-    let _ = writeln!(w, "# {}\n", r.title);
-    let _ = writeln!(w, "_{}_\n", r.description);
+    let _ = writeln!(w, "# {}\n", md(&r.title));
+    let _ = writeln!(w, "_{}_\n", md(&r.description));
     if let Some(why) = &r.partial {
         let _ = writeln!(
             w,
-            "> **Partial report:** {why}. The figures cover what was received.\n"
+            "> **Partial report:** {}. The figures cover what was received.\n",
+            md(why)
         );
     }
-    let _ = writeln!(w, "**Timestamp:** {}\n", r.timestamp);
+    let _ = writeln!(w, "**Timestamp:** {}\n", md(&r.timestamp));
     let model_note = if r.stand_in {
         " — offline stand-in: same architecture and cost, deterministic classifier head; its scores are not relevance-trained"
     } else {
         ""
     };
-    let _ = writeln!(w, "**Model:** `{}`{model_note}\n", r.model);
+    let _ = writeln!(w, "**Model:** {}{model_note}\n", md_code(&r.model));
     let _ = writeln!(
         w,
-        "**Backend:** `{}` | **Device:** `{}`\n",
-        r.backend, r.device
+        "**Backend:** {} | **Device:** {}\n",
+        md_code(&r.backend),
+        md_code(&r.device)
     );
     match (r.max_batch, r.batch_timeout_ms) {
         (Some(mb), Some(t)) => {
             let policy = if r.batch_policy.is_empty() {
                 String::new()
             } else {
-                format!(", policy={}", r.batch_policy)
+                format!(", policy={}", md(&r.batch_policy))
             };
             let _ = writeln!(
                 w,
@@ -82,8 +88,8 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
     }
     let _ = writeln!(
         w,
-        "**Run:** `{}` | **Drivers:** {}\n",
-        r.run_id,
+        "**Run:** {} | **Drivers:** {}\n",
+        md_code(&r.run_id),
         r.drivers.len()
     );
 
@@ -100,16 +106,16 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
         let l = c.latency_ms;
         let t = c.throughput;
         let ms = |v: Option<f64>| {
-            v.map(|x| format!("{x:.1}ms"))
+            v.map(|x| format!("{}ms", fig(x, 1)))
                 .unwrap_or_else(|| "n/a".into())
         };
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.batch,
             c.concurrency,
             c.pairs,
-            c.time_s,
+            fig(c.time_s, 2),
             ms(l.map(|d| d.avg)),
             ms(l.map(|d| d.p95)),
             ms(l.map(|d| d.p99)),
@@ -123,7 +129,7 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
         "\nLatency in ms as the driver measured it; percentiles by nearest rank.[^pct]\n"
     );
     if let Some(p) = &plots.throughput {
-        let _ = writeln!(w, "![Throughput vs concurrency]({p})\n");
+        let _ = writeln!(w, "![Throughput vs concurrency]({})\n", md_url(p));
     }
 
     let _ = writeln!(w, "## Detailed Metrics\n");
@@ -133,7 +139,7 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
             "### Config {}: batch={}, concurrency={}\n",
             c.index, c.batch, c.concurrency
         );
-        let _ = writeln!(w, "**Total:** {} pairs in {:.2}s\n", c.pairs, c.time_s);
+        let _ = writeln!(w, "**Total:** {} pairs in {}s\n", c.pairs, fig(c.time_s, 2));
         if !c.errors.is_empty() {
             let _ = writeln!(
                 w,
@@ -196,7 +202,8 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
             Some(r) => {
                 let _ = writeln!(
                     w,
-                    "**Correlation:** {r:.3} (negative correlation expected: lower latency = higher throughput)\n"
+                    "**Correlation:** {} (negative correlation expected: lower latency = higher throughput)\n",
+                    fig(r, 3)
                 );
             }
             None => {
@@ -208,7 +215,7 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
         }
     }
     if let Some(p) = &plots.latency {
-        let _ = writeln!(w, "![Latency distribution per config]({p})\n");
+        let _ = writeln!(w, "![Latency distribution per config]({})\n", md_url(p));
     }
 
     let _ = writeln!(w, "## Overall Summary\n");
@@ -218,7 +225,7 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
     );
     let ov = &r.overall;
     let pv = |v: Option<(f64, String)>, unit: &str, digits: usize| match v {
-        Some((x, l)) => format!("{x:.digits$}{unit} | {l}"),
+        Some((x, l)) => format!("{}{unit} | {}", fig(x, digits), md(&l)),
         None => "n/a | -".into(),
     };
     let _ = writeln!(
@@ -235,14 +242,14 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
         w,
         "| Avg Throughput[^tp] | {} | all configs |",
         ov.avg_throughput
-            .map(|x| format!("{x:.2} p/s"))
+            .map(|x| format!("{} p/s", fig(x, 2)))
             .unwrap_or_else(|| "n/a".into())
     );
     let _ = writeln!(
         w,
         "| Avg Latency | {} | all configs |\n",
         ov.avg_latency
-            .map(|x| format!("{x:.2}ms"))
+            .map(|x| format!("{}ms", fig(x, 2)))
             .unwrap_or_else(|| "n/a".into())
     );
 
@@ -257,20 +264,29 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
             (Some(d), _) => {
                 let _ = writeln!(
                     w,
-                    "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-                    row.metric, d.avg, d.min, d.max, d.p50, d.p95
+                    "| {} | {} | {} | {} | {} | {} |",
+                    md(&row.metric),
+                    fig(d.avg, 1),
+                    fig(d.min, 1),
+                    fig(d.max, 1),
+                    fig(d.p50, 1),
+                    fig(d.p95, 1)
                 );
             }
             (None, why) => {
                 let key = format!("na{}", footnotes.len() + 1);
                 footnotes.push((
                     key.clone(),
-                    format!("{}: {}.", row.metric, why.clone().unwrap_or_default()),
+                    format!(
+                        "{}: {}.",
+                        md(&row.metric),
+                        md(why.as_deref().unwrap_or_default())
+                    ),
                 ));
                 let _ = writeln!(
                     w,
                     "| {} | n/a[^{key}] | n/a | n/a | n/a | n/a |",
-                    row.metric
+                    md(&row.metric)
                 );
             }
         }
@@ -279,7 +295,7 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
 
     let _ = writeln!(w, "## Dashboard Time-Series Data\n");
     if let Some(p) = &plots.series {
-        let _ = writeln!(w, "![Time series]({p})\n");
+        let _ = writeln!(w, "![Time series]({})\n", md_url(p));
     }
     let _ = writeln!(
         w,
@@ -303,13 +319,13 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
         let cell = |v: Option<f64>, na: bool| if na { "n/a".to_string() } else { dash_or(v, 1) };
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.index,
             cell(s.gpu_mem_mb, mem_na),
             cell(s.gpu_util_pct, util_na),
             dash_or(s.cpu_pct, 1),
             dash_or(s.latency_ms, 1),
-            s.throughput,
+            fig(s.throughput, 0),
             dash_or(s.tokenize_ms, 1),
             dash_or(s.inference_ms, 1),
             dash_or(s.queue_ms, 1),
@@ -318,10 +334,10 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
     }
     let _ = writeln!(
         w,
-        "\nOne row per {:.0} s from the run's first call; Throughput is pairs completed in the interval per second; \
+        "\nOne row per {} s from the run's first call; Throughput is pairs completed in the interval per second; \
          latency, tokenize and queue average the calls completed in it, inference and padding the batches started in it; \
          `-` means nothing happened in that interval.\n",
-        r.series_interval_s
+        fig(r.series_interval_s, 0)
     );
 
     let _ = writeln!(w, "## Drivers\n");
@@ -337,14 +353,21 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
         let _ = writeln!(
             w,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            d.driver_id, d.host, d.calls, d.pairs_sent, d.pairs_ok, d.errors, steps, d.state
+            md(&d.driver_id),
+            md(&d.host),
+            d.calls,
+            d.pairs_sent,
+            d.pairs_ok,
+            d.errors,
+            steps,
+            md(&d.state)
         );
     }
-    let lost: Vec<&str> = r
+    let lost: Vec<String> = r
         .drivers
         .iter()
         .filter(|d| d.state == "lost")
-        .map(|d| d.driver_id.as_str())
+        .map(|d| md(&d.driver_id))
         .collect();
     if !lost.is_empty() {
         let _ = writeln!(
@@ -380,7 +403,7 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
         let _ = writeln!(
             w,
             "- Forwarded to {}: {} exports delivered; not delivered: {} (refused or unreachable {}, dropped with the queue full {}, still queued when this report was written {}).",
-            f.target,
+            md(&f.target),
             f.delivered,
             f.undelivered(),
             f.failed,

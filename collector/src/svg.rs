@@ -1,8 +1,11 @@
 //! Plain SVG plots for the report (no plotting dependency): latency histograms per
-//! config, throughput against concurrency, and the time series.
+//! config, throughput against concurrency, and the time series. Text goes through
+//! `escape::html`, figures through `figure::fig`.
 
 use std::fmt::Write as _;
 
+use crate::escape::html as esc;
+use crate::figure::fig;
 use crate::report::Report;
 
 const W: f64 = 720.0;
@@ -14,12 +17,6 @@ const BOTTOM: f64 = 34.0;
 pub(crate) const COLORS: [&str; 6] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
 ];
-
-pub(crate) fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
 
 fn header(out: &mut String, height: f64) {
     svg_header(out, W, height);
@@ -129,7 +126,7 @@ pub(crate) fn fmt_tick(v: f64) -> String {
     if v >= 100.0 || v == v.round() {
         format!("{v:.0}")
     } else {
-        format!("{v:.1}")
+        fig(v, 1)
     }
 }
 
@@ -196,9 +193,10 @@ pub fn latency(r: &Report) -> String {
                 );
                 let _ = writeln!(
                     out,
-                    r##"<text x="{:.1}" y="{:.1}" fill="#d62728">{name} {v:.1}</text>"##,
+                    r##"<text x="{:.1}" y="{:.1}" fill="#d62728">{name} {}</text>"##,
                     x + 3.0,
-                    p.y(p.y_max) + 10.0
+                    p.y(p.y_max) + 10.0,
+                    fig(v, 1)
                 );
             }
         }
