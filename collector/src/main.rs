@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use crossbatch_collector::serve::{CollectConfig, serve};
+use crossbatch_proto::client::{KeyArg, resolve_key};
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Receive OTLP/gRPC and write a report when each run completes.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Rebuild reports offline from a `--spans-out` file.
     Report(ReportArgs),
     /// Put runs side by side: their report JSONs, the first as the baseline.
@@ -101,6 +102,51 @@ struct ServeArgs {
     /// Calls, batches and resource samples kept at most; beyond, dropped and counted.
     #[arg(long, env = "CROSSBATCH_MAX_RECORDS", default_value_t = 2_000_000)]
     max_records: usize,
+    /// Every export and coordination call on --listen must send `authorization: Bearer
+    /// KEY` (UNAUTHENTICATED otherwise). Prefer the environment variable or
+    /// --api-key-file: a flag shows in `ps`.
+    #[arg(long, env = "CROSSBATCH_COLLECTOR_API_KEY", hide_env_values = true, value_parser = KeyArg::parse)]
+    api_key: Option<KeyArg>,
+    /// Read the API key from the first line of this file.
+    #[arg(long, env = "CROSSBATCH_COLLECTOR_API_KEY_FILE", value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+    /// Serve --listen over TLS with this certificate chain (PEM); needs
+    /// --listen-tls-key. Plaintext connections are then refused. (--tls-cert is the
+    /// client certificate for --forward.)
+    #[arg(
+        long,
+        env = "CROSSBATCH_COLLECTOR_TLS_CERT",
+        value_name = "FILE",
+        requires = "listen_tls_key"
+    )]
+    listen_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --listen-tls-cert.
+    #[arg(
+        long,
+        env = "CROSSBATCH_COLLECTOR_TLS_KEY",
+        value_name = "FILE",
+        requires = "listen_tls_cert"
+    )]
+    listen_tls_key: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// TLS for --listen, its files read (and so checked) before anything listens.
+    fn listen_tls(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+        let (Some(cert), Some(key)) = (&self.listen_tls_cert, &self.listen_tls_key) else {
+            return Ok(None);
+        };
+        let read = |flag: &str, p: &PathBuf| {
+            std::fs::read(p).with_context(|| format!("{flag} {}", p.display()))
+        };
+        let identity = tonic::transport::Identity::from_pem(
+            read("--listen-tls-cert", cert)?,
+            read("--listen-tls-key", key)?,
+        );
+        Ok(Some(
+            tonic::transport::ServerTlsConfig::new().identity(identity),
+        ))
+    }
 }
 
 #[derive(Args)]
@@ -125,7 +171,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(a) => run_serve(a),
+        Command::Serve(a) => run_serve(*a),
         Command::Report(a) => crossbatch_collector::offline_report(
             &a.spans,
             &a.naming.out,
@@ -186,6 +232,9 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let api_key = resolve_key(a.api_key.as_ref(), a.api_key_file.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let tls = a.listen_tls()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
@@ -204,6 +253,8 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             forward_drain: Duration::from_millis(a.forward_drain_ms),
             spans_out: a.spans_out.filter(|p| !p.as_os_str().is_empty()),
             join_timeout: Duration::from_secs(a.join_timeout_s),
+            api_key,
+            tls,
             ..CollectConfig::new(a.naming.out, a.naming.name)
         };
         serve(cfg, listener, crossbatch_proto::lifecycle::shutdown_signal()).await?;

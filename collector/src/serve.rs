@@ -50,6 +50,11 @@ pub struct CollectConfig {
     pub dashboard: Option<std::net::SocketAddr>,
     /// Told (run id, markdown path) after each report is written.
     pub reported: Option<tokio::sync::mpsc::UnboundedSender<(String, PathBuf)>>,
+    /// Every call on the OTLP port (exports and coordination) must carry
+    /// `authorization: Bearer KEY`; UNAUTHENTICATED otherwise.
+    pub api_key: Option<crossbatch_proto::client::Secret>,
+    /// Serve the OTLP port over TLS only.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl CollectConfig {
@@ -72,6 +77,8 @@ impl CollectConfig {
             run_names: HashMap::new(),
             dashboard: None,
             reported: None,
+            api_key: None,
+            tls: None,
         }
     }
 }
@@ -86,6 +93,8 @@ pub enum CollectorError {
     Forward { url: String, message: String },
     #[error("OTLP receiver")]
     Transport(#[from] tonic::transport::Error),
+    #[error("TLS for the OTLP port: {0}")]
+    Tls(tonic::transport::Error),
     #[error("--dashboard {addr}: {source}")]
     Dashboard {
         addr: std::net::SocketAddr,
@@ -158,6 +167,12 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Vec<PathBuf>, CollectorError> {
+    // Checked first: a bad certificate fails before anything is started.
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = cfg.tls.clone() {
+        builder = builder.tls_config(tls).map_err(CollectorError::Tls)?;
+        tracing::info!("OTLP port: TLS only (plaintext refused)");
+    }
     let spans_out = cfg
         .spans_out
         .as_deref()
@@ -197,11 +212,17 @@ pub async fn serve(
     let coord = Coordination::new(cfg.expect_drivers, cfg.join_timeout, Arc::clone(&wake));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let key_check = crossbatch_proto::key_check::KeyCheck::new(cfg.api_key.clone());
+    if key_check.is_on() {
+        tracing::info!("OTLP port: every export and coordination call needs the API key");
+    }
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             // Pings find a driver whose network was cut (no FIN ever arrives).
             .http2_keepalive_interval(Some(Duration::from_secs(2)))
             .http2_keepalive_timeout(Some(Duration::from_secs(4)))
+            // Outermost: a call without the key is refused before its body is read.
+            .layer(tonic::service::InterceptorLayer::new(key_check))
             // Undecodable exports are the sender's fault: INVALID_ARGUMENT, not INTERNAL.
             .layer(RejectLayer::new(Arc::new(|outcome| {
                 tracing::debug!(outcome, "refused an export before decoding it");

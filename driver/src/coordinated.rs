@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crossbatch_proto::collector_access::CollectorAccess;
 use crossbatch_proto::v1::coordinator_client::CoordinatorClient;
 use crossbatch_proto::v1::{Command, JoinRequest, StepDoneRequest, command};
 use tonic::Streaming;
@@ -31,13 +32,16 @@ pub enum Next {
 
 pub struct Gate {
     client: CoordinatorClient<Channel>,
+    /// The collector's API key and CA, from the environment.
+    access: CollectorAccess,
     commands: Streaming<Command>,
     run_id: String,
     driver_id: String,
 }
 
 impl Gate {
-    /// Joins `run_id`, retrying the connection for up to `timeout`.
+    /// Joins `run_id`, retrying the connection for up to `timeout`. An API key or CA
+    /// the collector needs come from the environment (`CollectorAccess::from_env`).
     pub async fn join(
         url: &str,
         run_id: &str,
@@ -51,9 +55,11 @@ impl Gate {
             url: url.to_string(),
             message,
         };
+        let access = CollectorAccess::from_env().map_err(connect_err)?;
         let channel = loop {
-            let endpoint = Channel::from_shared(url.to_string())
-                .map_err(|e| connect_err(e.to_string()))?
+            let endpoint = access
+                .endpoint(url)
+                .map_err(connect_err)?
                 .http2_keep_alive_interval(Duration::from_secs(2))
                 .keep_alive_timeout(Duration::from_secs(4));
             match endpoint.connect().await {
@@ -63,18 +69,21 @@ impl Gate {
             }
         };
         let mut client = CoordinatorClient::new(channel);
+        let mut join = tonic::Request::new(JoinRequest {
+            run_id: run_id.to_string(),
+            driver_id: driver_id.to_string(),
+            host: host.to_string(),
+            steps: steps as u32,
+        });
+        access.authorize(&mut join);
         let commands = client
-            .join(JoinRequest {
-                run_id: run_id.to_string(),
-                driver_id: driver_id.to_string(),
-                host: host.to_string(),
-                steps: steps as u32,
-            })
+            .join(join)
             .await
             .map_err(|s| GateError::Refused(s.message().to_string()))?
             .into_inner();
         Ok(Gate {
             client,
+            access,
             commands,
             run_id: run_id.to_string(),
             driver_id: driver_id.to_string(),
@@ -114,14 +123,16 @@ impl Gate {
         calls_sent: usize,
         calls_ok: usize,
     ) -> Result<(), GateError> {
+        let mut request = tonic::Request::new(StepDoneRequest {
+            run_id: self.run_id.clone(),
+            driver_id: self.driver_id.clone(),
+            step: step as u32,
+            calls_sent: calls_sent as u64,
+            calls_ok: calls_ok as u64,
+        });
+        self.access.authorize(&mut request);
         self.client
-            .step_done(StepDoneRequest {
-                run_id: self.run_id.clone(),
-                driver_id: self.driver_id.clone(),
-                step: step as u32,
-                calls_sent: calls_sent as u64,
-                calls_ok: calls_ok as u64,
-            })
+            .step_done(request)
             .await
             .map(|_| ())
             .map_err(|s| GateError::Lost(s.message().to_string()))

@@ -6,10 +6,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbatch_proto::attrs as a;
+use crossbatch_proto::collector_access::CollectorAccess;
 use opentelemetry::propagation::{Injector, TextMapPropagator};
 use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
@@ -138,10 +139,14 @@ impl ClientTelemetry {
             endpoint: endpoint.to_string(),
             message: e.to_string(),
         };
+        // The collector's API key and CA (https://), from the environment.
+        let access = CollectorAccess::from_env().map_err(|e| err(&e))?;
+        let timeout = Duration::from_secs(10);
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(Duration::from_secs(10))
+            .with_channel(access.channel(endpoint, timeout).map_err(|e| err(&e))?)
+            .with_metadata(access.metadata())
+            .with_timeout(timeout)
             .build()
             .map_err(|e| err(&e))?;
         // A large queue: a fast sweep ends thousands of spans between exports, and a

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -63,6 +63,9 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// How long one export may take (the channel's and the exporter's limit alike).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Logs, plus OTLP export of spans and metrics to `endpoint` (e.g.
 /// `http://127.0.0.1:4317`) when given. Must run inside a tokio runtime.
 pub fn init(
@@ -90,10 +93,19 @@ pub fn init(
     let resource = Resource::builder()
         .with_service_name(service.to_string())
         .build();
+    // The collector's API key and CA (https://), from the environment.
+    let access =
+        crossbatch_proto::collector_access::CollectorAccess::from_env().map_err(|e| err(&e))?;
+    let channel = || {
+        access
+            .channel(endpoint, EXPORT_TIMEOUT)
+            .map_err(|e| err(&e))
+    };
     let spans = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
-        .with_endpoint(endpoint)
-        .with_timeout(Duration::from_secs(5))
+        .with_channel(channel()?)
+        .with_metadata(access.metadata())
+        .with_timeout(EXPORT_TIMEOUT)
         .build()
         .map_err(|e| err(&e))?;
     let processor = BatchSpanProcessor::builder(spans)
@@ -110,8 +122,9 @@ pub fn init(
         .build();
     let metrics = opentelemetry_otlp::MetricExporter::builder()
         .with_tonic()
-        .with_endpoint(endpoint)
-        .with_timeout(Duration::from_secs(5))
+        .with_channel(channel()?)
+        .with_metadata(access.metadata())
+        .with_timeout(EXPORT_TIMEOUT)
         .build()
         .map_err(|e| err(&e))?;
     let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(metrics)
