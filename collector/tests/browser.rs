@@ -5,12 +5,10 @@
 
 mod common;
 
+use common::Rig;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
-
-use common::{Rig, snapshot};
 
 /// Chromium, or a loud line saying the browser tests did not run (a failure where
 /// `CROSSBATCH_REQUIRE_BROWSER=1`, as in CI).
@@ -109,29 +107,32 @@ async fn the_live_page_and_the_html_report_in_a_real_browser() {
     };
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
     std::fs::create_dir_all(&shots).expect("screenshot dir");
-    let mut rig = Rig::collector("browser").await;
+    let mut rig = Rig::collector_expecting("browser", 2).await;
     let url = format!("http://{}/", rig.dash);
     let waiting = dom(&chromium, &url).await;
     assert!(waiting.contains("Waiting for a run"), "{waiting}");
 
     rig.start_server().await;
-    let driver = rig.spawn_driver("browser-run", vec![1, 2, 4], 128).await;
-    let until = Instant::now() + Duration::from_secs(60);
-    while snapshot(&rig.dash).await["tiles"]["pairs_ok"]
-        .as_u64()
-        .unwrap_or(0)
-        == 0
-    {
-        assert!(Instant::now() < until, "no pairs done");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // A driver that sends nothing holds the run between steps: the page is looked at
+    // with the run at known points, not after guessed sleeps.
+    let mut holder = rig.holder("browser-run", 3).await;
+    let driver = rig
+        .spawn_coordinated_driver("browser-run", vec![1, 2, 4], 128)
+        .await;
+    holder.started(0).await;
+    let held_at = |n: u64| {
+        move |s: &serde_json::Value| {
+            s["state"] == "running" && s["tiles"]["pairs_ok"].as_u64() == Some(n)
+        }
+    };
+    rig.wait_snapshot("step 1 whole", held_at(128)).await;
 
-    // During the run: figures on the page, and later larger ones.
+    // During the run: figures on the page, and after the next step larger ones.
     let first = dom(&chromium, &url).await;
     let t1 = tiles(&first);
     assert!(first.contains("badge running"), "the page says running");
     let pairs1 = number(&t1["Pairs done"]);
-    assert!(pairs1 > 0.0, "{t1:?}");
+    assert_eq!(pairs1, 128.0, "{t1:?}");
     assert!(number(&t1["Latency p95"]) > 0.0, "{t1:?}");
     assert!(first.contains("Step "), "the step in progress");
     assert!(
@@ -139,10 +140,14 @@ async fn the_live_page_and_the_html_report_in_a_real_browser() {
         "charts drawn"
     );
     screenshot(&chromium, &url, &shots.join("live.png")).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    holder.release(0).await;
+    holder.started(1).await;
+    rig.wait_snapshot("step 2 whole", held_at(256)).await;
     let t2 = tiles(&dom(&chromium, &url).await);
     let pairs2 = number(&t2["Pairs done"]);
     assert!(pairs2 > pairs1, "figures change: {pairs1} then {pairs2}");
+    assert_eq!(pairs2, 256.0, "{t2:?}");
+    drop(holder);
 
     driver.await.expect("driver");
     let done = rig.wait_done().await;

@@ -24,6 +24,16 @@ async fn collector(
     expect: usize,
     join_timeout: Duration,
 ) -> (String, CollectorTask) {
+    collector_with_dashboard(out, expect, join_timeout, None).await
+}
+
+/// As [`collector`], with the live dashboard at `dashboard` (to watch the run).
+async fn collector_with_dashboard(
+    out: &std::path::Path,
+    expect: usize,
+    join_timeout: Duration,
+    dashboard: Option<std::net::SocketAddr>,
+) -> (String, CollectorTask) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -34,6 +44,7 @@ async fn collector(
         grace: Duration::from_millis(500),
         once: true,
         join_timeout,
+        dashboard,
         ..CollectConfig::new(out, "coordinated")
     };
 
@@ -210,7 +221,11 @@ async fn three_drivers_step_together_and_merge_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_driver_lost_mid_step_is_named_and_the_run_finishes() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (coord, collector) = collector(dir.path(), 3, Duration::from_secs(60)).await;
+    let dash = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let (coord, collector) =
+        collector_with_dashboard(dir.path(), 3, Duration::from_secs(60), Some(dash)).await;
     let (target, _stop) = server().await;
     let mut steady = Vec::new();
     for i in 0..2 {
@@ -223,16 +238,36 @@ async fn a_driver_lost_mid_step_is_named_and_the_run_finishes() {
             60,
         )));
     }
-    // The third driver dies (its task and connections dropped) during the step.
+    // The third driver dies (its task and connections dropped) during the step: a
+    // step it cannot finish in the test's time, and dropped once the collector has
+    // seen it send calls.
     let doomed = tokio::spawn(driver(
         target.clone(),
         coord.clone(),
         "loss",
         "doomed".into(),
         vec![1],
-        60,
+        1_000_000,
     ));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dash = dash.to_string();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = common::snapshot(&dash).await;
+        let calls = s["drivers"].as_array().and_then(|ds| {
+            ds.iter()
+                .find(|d| d["driver_id"] == "doomed")
+                .and_then(|d| d["calls"].as_u64())
+        });
+        if calls.is_some_and(|n| n > 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the doomed driver never sent a call: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!doomed.is_finished(), "still mid-step");
     doomed.abort();
     for d in steady {
         let r = tokio::time::timeout(Duration::from_secs(120), d)

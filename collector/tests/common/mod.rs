@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use crossbatch_collector::serve::{CollectConfig, CollectorError, serve};
+use crossbatch_driver::coordinated::Gate;
 use crossbatch_driver::load::{Mode, StepConfig, wait_serving};
 use crossbatch_driver::telemetry::{ClientTelemetry, Identity, ServerInfo};
 use crossbatch_driver::{sweep, workload};
@@ -36,6 +37,11 @@ pub struct Rig {
 impl Rig {
     /// The collector (with its dashboard) alone, no run yet.
     pub async fn collector(name: &str) -> Rig {
+        Self::collector_expecting(name, 1).await
+    }
+
+    /// The collector, its runs made of `expect_drivers` drivers.
+    pub async fn collector_expecting(name: &str, expect_drivers: usize) -> Rig {
         let dir = tempfile::tempdir().expect("tmp");
         let reports = dir.path().join("reports");
         let dash_addr = std::net::TcpListener::bind("127.0.0.1:0")
@@ -48,6 +54,7 @@ impl Rig {
         let cfg = CollectConfig {
             grace: Duration::from_secs(10),
             dashboard: Some(dash_addr),
+            expect_drivers,
             ..CollectConfig::new(reports.clone(), name)
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -98,20 +105,68 @@ impl Rig {
         concurrencies: Vec<usize>,
         pairs: usize,
     ) -> JoinHandle<()> {
+        self.spawn(run_id, concurrencies, pairs, false)
+    }
+
+    /// As [`Rig::spawn_driver`], the driver joining the run at the collector's
+    /// coordinator, so a [`Holder`] can hold it between steps.
+    pub async fn spawn_coordinated_driver(
+        &self,
+        run_id: &str,
+        concurrencies: Vec<usize>,
+        pairs: usize,
+    ) -> JoinHandle<()> {
+        self.spawn(run_id, concurrencies, pairs, true)
+    }
+
+    fn spawn(
+        &self,
+        run_id: &str,
+        concurrencies: Vec<usize>,
+        pairs: usize,
+        coordinated: bool,
+    ) -> JoinHandle<()> {
         let (target, otlp, run_id) = (self.target.clone(), self.otlp.clone(), run_id.to_string());
         tokio::spawn(async move {
-            drive(
-                &target,
-                &otlp,
-                &run_id,
-                vec![4],
+            let spec = Drive {
+                batches: vec![4],
                 concurrencies,
                 pairs,
-                0,
-                200,
-            )
-            .await;
+                warmup_calls: 0,
+                workload: 200,
+                coordinator: coordinated.then(|| otlp.clone()),
+            };
+            drive_spec(&target, &otlp, &run_id, spec).await;
         })
+    }
+
+    /// Joins `run_id` (a sweep of `steps`) as a second driver that sends no calls:
+    /// the run's next step starts only when it says so.
+    pub async fn holder(&self, run_id: &str, steps: usize) -> Holder {
+        let gate = Gate::join(
+            &self.otlp,
+            run_id,
+            "holder",
+            "test",
+            steps,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the holder joins");
+        Holder { gate }
+    }
+
+    /// Polls the dashboard's snapshot until `ready` holds (60 s at most); that snapshot.
+    pub async fn wait_snapshot(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = snapshot(&self.dash).await;
+            if ready(&s) {
+                return s;
+            }
+            assert!(Instant::now() < until, "never {what}: {s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until the dashboard says the run is done; its snapshot.
@@ -141,6 +196,29 @@ impl Rig {
         if let Some(s) = self.server.take() {
             let _ = s.await;
         }
+    }
+}
+
+/// A driver of a coordinated run that sends nothing: it holds every other driver at
+/// the end of each step until the test releases it. Dropped, it is lost and the run
+/// goes on without it.
+pub struct Holder {
+    gate: Gate,
+}
+
+impl Holder {
+    /// Waits until the coordinator starts `step` on every driver.
+    pub async fn started(&mut self, step: usize) {
+        let next = tokio::time::timeout(Duration::from_secs(60), self.gate.wait_start(step))
+            .await
+            .expect("the step starts in time")
+            .expect("the coordinator starts the step");
+        assert_eq!(next, crossbatch_driver::coordinated::Next::Start);
+    }
+
+    /// Lets the run go past `step`.
+    pub async fn release(&mut self, step: usize) {
+        self.gate.done(step, 0, 0).await.expect("step done");
     }
 }
 
@@ -195,6 +273,39 @@ pub async fn drive(
     warmup_calls: usize,
     workload: usize,
 ) -> sweep::SweepResult {
+    let spec = Drive {
+        batches,
+        concurrencies,
+        pairs,
+        warmup_calls,
+        workload,
+        coordinator: None,
+    };
+    drive_spec(target, otlp, run_id, spec).await
+}
+
+/// What one driver runs.
+pub struct Drive {
+    pub batches: Vec<usize>,
+    pub concurrencies: Vec<usize>,
+    pub pairs: usize,
+    pub warmup_calls: usize,
+    /// Synthetic pairs, cycled.
+    pub workload: usize,
+    /// Join the run at this coordinator first.
+    pub coordinator: Option<String>,
+}
+
+/// [`drive`] with a [`Drive`].
+pub async fn drive_spec(target: &str, otlp: &str, run_id: &str, spec: Drive) -> sweep::SweepResult {
+    let Drive {
+        batches,
+        concurrencies,
+        pairs,
+        warmup_calls,
+        workload,
+        coordinator,
+    } = spec;
     let ch = wait_serving(target, &Default::default(), Duration::from_secs(120))
         .await
         .expect("serving");
@@ -232,6 +343,21 @@ pub async fn drive(
         concurrencies,
         progress_every: Duration::ZERO,
     };
+    let mut gate = match coordinator {
+        Some(url) => Some(
+            Gate::join(
+                &url,
+                run_id,
+                "d0",
+                "localhost",
+                cfg.steps().len(),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("join"),
+        ),
+        None => None,
+    };
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let result = sweep::run(
         ch,
@@ -240,7 +366,7 @@ pub async fn drive(
         stop,
         Some(Arc::clone(&client)),
         ServerInfo::from(info),
-        None,
+        gate.as_mut(),
     )
     .await;
     Arc::into_inner(client)
@@ -271,22 +397,26 @@ pub async fn snapshot(addr: &str) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
-/// The first server-sent event of `/events`, and how long it took to arrive.
-pub async fn first_event(addr: &str) -> (String, Duration) {
-    let t = Instant::now();
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
-        .await
-        .expect("write");
-    let mut lines = tokio::io::BufReader::new(s).lines();
-    let mut event = String::new();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if line.starts_with("event:") || line.starts_with("data:") {
-            event.push_str(&line);
-            event.push('\n');
-        } else if line.is_empty() && event.contains("data:") {
-            break;
+/// The first server-sent event of `/events` (30 s at most).
+pub async fn first_event(addr: &str) -> String {
+    let read = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+            .await
+            .expect("write");
+        let mut lines = tokio::io::BufReader::new(s).lines();
+        let mut event = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("event:") || line.starts_with("data:") {
+                event.push_str(&line);
+                event.push('\n');
+            } else if line.is_empty() && event.contains("data:") {
+                break;
+            }
         }
-    }
-    (event, t.elapsed())
+        event
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("no event within 30 s")
 }
