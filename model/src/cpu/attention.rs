@@ -39,16 +39,77 @@ pub struct Inputs<'a> {
 /// Output pointer shared by jobs that write disjoint (row, head) blocks.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: every job writes only its own sequence's rows × its own head's columns.
+// SAFETY: the pointer is only written through `write`, whose callers in `attend` each
+// own a disjoint (rows × head columns) block of the output, as `attend`'s asserts
+// establish; sending it to another thread shares nothing else.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
-    /// Copies `values` to `self + at`. SAFETY: the caller keeps the range in bounds and
-    /// unshared.
+    /// Copies `values` to `self + at`.
+    ///
+    /// # Safety
+    /// `at..at + values.len()` lies inside the slice the pointer was taken from, and
+    /// no other thread reads or writes that range meanwhile.
     unsafe fn write(self, at: usize, values: &[f32]) {
+        // SAFETY: bounds and exclusivity are this fn's contract above.
         unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(at), values.len()) }
     }
+}
+
+/// One past the last element of `rows` rows, `stride` apart from row `first`, whose
+/// last element read is at column `end_col - 1`; `None` where that overflows.
+fn rows_end(first: usize, rows: usize, stride: usize, end_col: usize) -> Option<usize> {
+    match rows {
+        0 => Some(0),
+        _ => first
+            .checked_add(rows - 1)?
+            .checked_mul(stride)?
+            .checked_add(end_col),
+    }
+}
+
+/// Panics unless every write `attend` makes is in bounds and made by one job only:
+/// the conditions its `unsafe` write relies on, checked once per call.
+fn check(inp: &Inputs<'_>, seqs: &[Seq], out_len: usize, out_stride: usize) {
+    let width = inp
+        .heads
+        .checked_mul(inp.head_dim)
+        .expect("heads × head_dim overflows");
+    // Head h of row r writes `r * out_stride + h * head_dim..` for head_dim: below the
+    // row width, row r's last heads would land on row r + 1's first ones.
+    assert!(
+        out_stride >= width,
+        "output stride {out_stride} is below the row width {width}: rows would overlap"
+    );
+    let kv_cols = inp.k_col.max(inp.v_col).checked_add(width);
+    for s in seqs {
+        assert!(s.len > 0, "empty sequence");
+        let kv_end = kv_cols.and_then(|c| rows_end(s.kv_start, s.len, inp.kv_stride, c));
+        assert!(
+            kv_end.is_some_and(|e| e <= inp.kv.len()),
+            "keys/values out of range"
+        );
+        let q_end = rows_end(s.q_start, s.q_len, inp.q_stride, width);
+        assert!(
+            q_end.is_some_and(|e| e <= inp.q.len()),
+            "queries out of range"
+        );
+        let o_end = rows_end(s.q_start, s.q_len, out_stride, width);
+        assert!(o_end.is_some_and(|e| e <= out_len), "output out of range");
+    }
+    // Each sequence's jobs write its query rows: two sequences sharing a row would have
+    // two threads write it at once. (`q_start + q_len` cannot overflow: checked above.)
+    let mut rows: Vec<(usize, usize)> = seqs
+        .iter()
+        .filter(|s| s.q_len > 0)
+        .map(|s| (s.q_start, s.q_start + s.q_len))
+        .collect();
+    rows.sort_unstable();
+    assert!(
+        rows.windows(2).all(|w| w[0].1 <= w[1].0),
+        "sequences' query rows overlap: their outputs would be written twice at once"
+    );
 }
 
 #[derive(Default)]
@@ -65,17 +126,12 @@ struct Scratch {
 
 /// Softmax(q kᵀ / sqrt(head_dim)) v for every sequence and head; `out` has the
 /// query matrix's rows, `heads * head_dim` wide, row stride `out_stride`.
+///
+/// Panics (before any write) on an empty sequence, rows past their slices, an output
+/// stride below the row width, or two sequences whose query rows overlap: the jobs
+/// write the output in parallel and rely on each owning its block.
 pub fn attend(inp: &Inputs<'_>, seqs: &[Seq], out: &mut [f32], out_stride: usize) {
-    let width = inp.heads * inp.head_dim;
-    for s in seqs {
-        assert!(s.len > 0, "empty sequence");
-        let kv_end = (s.kv_start + s.len - 1) * inp.kv_stride + inp.v_col + width;
-        assert!(kv_end <= inp.kv.len(), "keys/values out of range");
-        let q_end = (s.q_start + s.q_len).saturating_sub(1) * inp.q_stride + width;
-        assert!(s.q_len == 0 || q_end <= inp.q.len(), "queries out of range");
-        let o_end = (s.q_start + s.q_len).saturating_sub(1) * out_stride + width;
-        assert!(s.q_len == 0 || o_end <= out.len(), "output out of range");
-    }
+    check(inp, seqs, out.len(), out_stride);
     let ptr = OutPtr(out.as_mut_ptr());
     let jobs: Vec<(usize, usize)> = (0..seqs.len())
         .flat_map(|s| (0..inp.heads).map(move |h| (s, h)))
@@ -84,10 +140,15 @@ pub fn attend(inp: &Inputs<'_>, seqs: &[Seq], out: &mut [f32], out_stride: usize
         .for_each_init(Scratch::default, |scratch, (s, h)| {
             let seq = seqs[s];
             one_head(inp, seq, h, scratch, |row, values| {
+                // `one_head` hands over a row of `seq`'s queries and `head_dim` values.
+                debug_assert!(values.len() == inp.head_dim && row >= seq.q_start);
                 let at = row * out_stride + h * inp.head_dim;
-                // SAFETY: the asserts above keep `at..at + head_dim` inside `out`, and no
-                // other job has this (row, head): rows belong to one sequence, columns to
-                // one head.
+                // SAFETY: `check`'s "output out of range" assert keeps `at..at + head_dim`
+                // inside `out` for every row of `seq`; no other job writes this block:
+                // other heads' columns lie elsewhere in the row ("rows would overlap"
+                // assert: stride >= width), other sequences' rows are other rows
+                // ("query rows overlap" assert), and `out` is borrowed mutably for the
+                // whole call, so nothing outside the jobs sees it either.
                 unsafe { ptr.write(at, values) }
             });
         });
@@ -154,7 +215,7 @@ fn one_head(
 
 multiversion! {
     /// `scores[r][j] = Σ_d q[r][d] · kt[d][j]` for `ROWS` rows and `padded` keys.
-    fn scores / scores_with(q: &[f32], kt: &[f32], dh: usize, padded: usize, scores: &mut [f32]) {
+    fn scores / scores_with<A>(q: &[f32], kt: &[f32], dh: usize, padded: usize, scores: &mut [f32]) {
         for j0 in (0..padded).step_by(CHUNK) {
             let mut acc = [[0.0f32; CHUNK]; ROWS];
             for d in 0..dh {
@@ -162,7 +223,7 @@ multiversion! {
                 for (r, a) in acc.iter_mut().enumerate() {
                     let qv = q[r * dh + d];
                     for i in 0..CHUNK {
-                        a[i] = qv.mul_add(k[i], a[i]);
+                        a[i] = A::mul_add(qv, k[i], a[i]);
                     }
                 }
             }
@@ -197,7 +258,7 @@ const HEAD32: usize = 32;
 
 multiversion! {
     /// [`context`] for 32-wide heads: every row's sum in registers for the whole pass.
-    fn context32 / context32_with(
+    fn context32 / context32_with<A>(
         p: &[f32],
         padded: usize,
         rows: usize,
@@ -215,7 +276,7 @@ multiversion! {
             for (r, a) in acc.iter_mut().enumerate() {
                 let w = p[r * padded + j];
                 for i in 0..HEAD32 {
-                    a[i] = w.mul_add(vj[i], a[i]);
+                    a[i] = A::mul_add(w, vj[i], a[i]);
                 }
             }
         }
@@ -227,7 +288,7 @@ multiversion! {
 
 multiversion! {
     /// [`context`] for any head width, summing in `ctx`.
-    fn context_any / context_any_with(
+    fn context_any / context_any_with<A>(
         p: &[f32],
         padded: usize,
         rows: usize,
@@ -244,7 +305,7 @@ multiversion! {
                 let w = p[r * padded + j];
                 let c = &mut ctx[r * dh..(r + 1) * dh];
                 for (c, &x) in c.iter_mut().zip(vj) {
-                    *c = w.mul_add(x, *c);
+                    *c = A::mul_add(w, x, *c);
                 }
             }
         }
@@ -369,27 +430,121 @@ mod tests {
         }
     }
 
+    /// Two heads of 4 over one packed matrix of `tokens` rows (q | k | v side by side).
+    fn violation(seqs: &[Seq], out_len: usize, out_stride: usize) {
+        let (heads, dh, tokens) = (2, 4, 6);
+        let width = heads * dh;
+        let qkv = data(tokens * 3 * width, 5);
+        let inp = Inputs {
+            q: &qkv,
+            q_stride: 3 * width,
+            kv: &qkv,
+            kv_stride: 3 * width,
+            k_col: width,
+            v_col: 2 * width,
+            heads,
+            head_dim: dh,
+        };
+        attend(&inp, seqs, &mut vec![0.0; out_len], out_stride);
+    }
+
+    fn seq(start: usize, len: usize) -> Seq {
+        Seq {
+            kv_start: start,
+            len,
+            q_start: start,
+            q_len: len,
+        }
+    }
+
     #[test]
-    fn every_instruction_set_scores_alike() {
-        let (dh, padded) = (32, 48);
+    fn the_checks_pass_a_well_formed_call() {
+        violation(&[seq(0, 2), seq(2, 4)], 6 * 8, 8);
+    }
+
+    #[test]
+    #[should_panic(expected = "rows would overlap")]
+    fn an_output_stride_below_the_row_width_panics() {
+        // Stride 6 < 8: row 0's second head would write into row 1's first.
+        violation(&[seq(0, 2), seq(2, 4)], 6 * 8, 6);
+    }
+
+    #[test]
+    #[should_panic(expected = "query rows overlap")]
+    fn sequences_sharing_query_rows_panic() {
+        // Rows 2..4 belong to both: two jobs would write them at once.
+        violation(&[seq(0, 4), seq(2, 4)], 6 * 8, 8);
+    }
+
+    #[test]
+    #[should_panic(expected = "output out of range")]
+    fn an_output_too_short_panics() {
+        violation(&[seq(0, 2), seq(2, 4)], 6 * 8 - 1, 8);
+    }
+
+    #[test]
+    #[should_panic(expected = "output out of range")]
+    fn offsets_that_overflow_panic() {
+        // (q_start + q_len - 1) * stride wraps around usize: it must not pass as small.
+        violation(&[seq(0, 3)], 6 * 8, usize::MAX / 2 + 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "keys/values out of range")]
+    fn keys_past_the_matrix_panic() {
+        violation(&[seq(4, 3)], 7 * 8, 8);
+    }
+
+    /// `|got - Σ terms| <= n·ε·Σ|terms|`: the textbook bound on a sum of `n` products
+    /// rounded in f32 (fused or not), against the sum in f64.
+    fn assert_sum(got: f32, terms: impl Iterator<Item = f64> + Clone, what: &str) {
+        let n = terms.clone().count() as f64;
+        let exact: f64 = terms.clone().sum();
+        let magnitude: f64 = terms.map(f64::abs).sum();
+        let bound = n * f32::EPSILON as f64 * magnitude;
+        assert!(
+            (got as f64 - exact).abs() <= bound,
+            "{what}: {got} vs {exact} (bound {bound})"
+        );
+    }
+
+    #[test]
+    fn every_instruction_set_scores_alike_and_as_f64() {
+        let (dh, padded, len, stride) = (32, 48, 40, 64);
         let q = data(ROWS * dh, 1);
         let kt = data(dh * padded, 2);
-        let v = data(40 * 64, 3);
-        let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
+        let v = data(len * stride, 3);
+        let mut first_fused: Option<(Vec<f32>, Vec<f32>)> = None;
         for isa in crate::cpu::simd::Isa::available() {
             let mut s = vec![0.0; ROWS * padded];
             scores_with(isa, &q, &kt, dh, padded, &mut s);
             let mut ctx = vec![f32::NAN; ROWS * dh];
-            context32_with(isa, &s, padded, 3, &v, 64, 40, &mut ctx[..]);
+            context32_with(isa, &s, padded, 3, &v, stride, len, &mut ctx[..]);
             // Three rows written; the general kernel must agree on them.
             let mut any = vec![f32::NAN; ROWS * dh];
-            context_any_with(isa, &s, padded, 3, &v, 64, 40, dh, &mut any);
+            context_any_with(isa, &s, padded, 3, &v, stride, len, dh, &mut any);
             assert_eq!(&ctx[..3 * dh], &any[..3 * dh], "{isa:?} context32 vs any");
-            match &first {
-                None => first = Some((s, ctx)),
-                Some((fs, fc)) => {
-                    assert_eq!(&s, fs, "{isa:?} scores");
-                    assert_eq!(&ctx[..3 * dh], &fc[..3 * dh], "{isa:?} context");
+            for r in 0..ROWS {
+                for j in 0..padded {
+                    let terms = (0..dh).map(|d| q[r * dh + d] as f64 * kt[d * padded + j] as f64);
+                    assert_sum(s[r * padded + j], terms, &format!("{isa:?} score {r},{j}"));
+                }
+            }
+            for r in 0..3 {
+                for i in 0..dh {
+                    let terms =
+                        (0..len).map(|j| s[r * padded + j] as f64 * v[j * stride + i] as f64);
+                    assert_sum(ctx[r * dh + i], terms, &format!("{isa:?} context {r},{i}"));
+                }
+            }
+            // Variants with the same arithmetic round alike: the same bits.
+            if isa.fused() {
+                match &first_fused {
+                    None => first_fused = Some((s, ctx)),
+                    Some((fs, fc)) => {
+                        assert_eq!(&s, fs, "{isa:?} scores");
+                        assert_eq!(&ctx[..3 * dh], &fc[..3 * dh], "{isa:?} context");
+                    }
                 }
             }
         }

@@ -23,7 +23,10 @@ impl<'a> View<'a> {
 
     /// Columns `start..start + cols` of every row.
     pub fn columns(self, start: usize, cols: usize) -> Self {
-        assert!(start + cols <= self.cols, "column block out of range");
+        assert!(
+            start.checked_add(cols).is_some_and(|end| end <= self.cols),
+            "column block out of range"
+        );
         Self {
             data: &self.data[start..],
             cols,
@@ -31,27 +34,48 @@ impl<'a> View<'a> {
         }
     }
 
+    /// Every element the view names lies inside `data` (no arithmetic overflow either).
     fn fits(&self) -> bool {
-        self.rows == 0 || (self.rows - 1) * self.stride + self.cols <= self.data.len()
+        span_end(self.rows, self.stride, self.cols).is_some_and(|end| end <= self.data.len())
+    }
+}
+
+/// One past the last element of `rows` rows of `cols`, `stride` apart from index 0;
+/// `None` where that overflows.
+fn span_end(rows: usize, stride: usize, cols: usize) -> Option<usize> {
+    match rows {
+        0 => Some(0),
+        _ => (rows - 1).checked_mul(stride)?.checked_add(cols),
     }
 }
 
 /// `out = a · b`, or `out += a · b` when `accumulate`; `out` is row-major `a.rows` ×
 /// `b.cols` with row stride `out_stride`. Large products are split over the rayon pool
-/// by the gemm crate itself.
+/// by the gemm crate itself, whose threads write disjoint blocks of `out`.
+///
+/// Panics (before any write) on mismatched shapes, a view or output past its slice,
+/// or an output stride below its row width (rows that overlap would be written by
+/// two threads at once).
 pub fn matmul(out: &mut [f32], out_stride: usize, a: View<'_>, b: View<'_>, accumulate: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "inner dimensions differ");
     assert!(a.fits() && b.fits(), "matrix view exceeds its slice");
     assert!(
-        m == 0 || (m - 1) * out_stride + n <= out.len(),
+        m <= 1 || out_stride >= n,
+        "output stride {out_stride} is below the row width {n}: rows would overlap"
+    );
+    assert!(
+        span_end(m, out_stride, n).is_some_and(|end| end <= out.len()),
         "output exceeds its slice"
     );
     if m == 0 || n == 0 {
         return;
     }
-    // SAFETY: the asserts above keep every index gemm derives from these shapes and
-    // strides inside the three slices; `out` is borrowed mutably, so nothing aliases it.
+    // SAFETY: gemm reads `a` and `b` and writes `out` at the indices their shapes and
+    // strides name. The "exceeds its slice" asserts keep every one of those in bounds
+    // (and every stride within isize, since a slice's length is); the stride assert
+    // makes `out`'s rows disjoint, so gemm's threads never write one element together;
+    // `out` is borrowed mutably, so no other reference sees the writes.
     unsafe {
         ::gemm::gemm(
             m,
@@ -92,6 +116,59 @@ mod tests {
         assert_eq!(out, [10.0 + 7.0, 20.0 + 10.0, 30.0 + 15.0, 40.0 + 22.0]);
         matmul(&mut out, 2, va, vb, false);
         assert_eq!(out, [7.0, 10.0, 15.0, 22.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "rows would overlap")]
+    fn refuses_an_output_stride_below_the_row_width() {
+        // Three rows of 2 at stride 1 would share elements: a race, not a product.
+        let mut out = [0.0; 8];
+        matmul(
+            &mut out,
+            1,
+            View::new(&[1.0; 6], 3, 2),
+            View::new(&[1.0; 4], 2, 2),
+            false,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "output exceeds its slice")]
+    fn refuses_an_output_too_short() {
+        let mut out = [0.0; 5];
+        matmul(
+            &mut out,
+            2,
+            View::new(&[1.0; 6], 3, 2),
+            View::new(&[1.0; 4], 2, 2),
+            false,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "output exceeds its slice")]
+    fn refuses_a_stride_whose_offsets_overflow() {
+        // (rows - 1) * stride wraps around usize: it must not pass as a small offset.
+        let mut out = [0.0; 4];
+        matmul(
+            &mut out,
+            usize::MAX / 2 + 1,
+            View::new(&[1.0; 6], 3, 2),
+            View::new(&[1.0; 4], 2, 2),
+            false,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "matrix view exceeds its slice")]
+    fn refuses_a_view_past_its_slice() {
+        let a = View {
+            data: &[1.0; 6],
+            rows: 3,
+            cols: 2,
+            stride: 3,
+        };
+        matmul(&mut [0.0; 6], 2, a, View::new(&[1.0; 4], 2, 2), false);
     }
 
     #[test]

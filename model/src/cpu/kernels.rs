@@ -3,7 +3,7 @@
 //! them (a plain `iter().sum()` is a sequential dependency it must not reorder).
 
 use super::math;
-use super::simd::multiversion;
+use super::simd::{Arith, multiversion};
 
 const LANES: usize = 16;
 
@@ -23,14 +23,14 @@ fn lane_sum(x: &[f32]) -> f32 {
 
 /// Sum of squared deviations from `mean`, in 16 lanes.
 #[inline(always)]
-fn lane_sq_dev(x: &[f32], mean: f32) -> f32 {
+fn lane_sq_dev<A: Arith>(x: &[f32], mean: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();
     for c in chunks {
         for i in 0..LANES {
             let d = c[i] - mean;
-            acc[i] = d.mul_add(d, acc[i]);
+            acc[i] = A::mul_add(d, d, acc[i]);
         }
     }
     acc.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()
@@ -54,10 +54,10 @@ fn lane_max(x: &[f32]) -> f32 {
 
 multiversion! {
     /// `x = gelu(x + bias)` for every `bias`-wide row, with the exact erf.
-    pub fn bias_gelu / bias_gelu_with(x: &mut [f32], bias: &[f32]) {
+    pub fn bias_gelu / bias_gelu_with<A>(x: &mut [f32], bias: &[f32]) {
         for row in x.chunks_exact_mut(bias.len()) {
             for (v, b) in row.iter_mut().zip(bias) {
-                *v = math::gelu(*v + b);
+                *v = math::gelu::<A>(*v + b);
             }
         }
     }
@@ -66,7 +66,7 @@ multiversion! {
 multiversion! {
     /// `x = layer_norm(x + bias + residual)` for every `gamma`-wide row, in place (two
     /// passes: mean, then variance about it, as PyTorch does). `residual` may be empty.
-    pub fn layer_norm / layer_norm_with(
+    pub fn layer_norm / layer_norm_with<A>(
         x: &mut [f32],
         bias: &[f32],
         residual: &[f32],
@@ -87,10 +87,10 @@ multiversion! {
                 }
             }
             let mean = lane_sum(row) / width as f32;
-            let var = lane_sq_dev(row, mean) / width as f32;
+            let var = lane_sq_dev::<A>(row, mean) / width as f32;
             let inv = 1.0 / (var + eps).sqrt();
             for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-                *v = ((*v - mean) * inv).mul_add(*g, *b);
+                *v = A::mul_add((*v - mean) * inv, *g, *b);
             }
         }
     }
@@ -98,10 +98,10 @@ multiversion! {
 
 multiversion! {
     /// Softmax of one row in place; the result's sum is 1 to rounding.
-    pub fn softmax / softmax_with(x: &mut [f32]) {
+    pub fn softmax / softmax_with<A>(x: &mut [f32]) {
         let max = lane_max(x);
         for v in x.iter_mut() {
-            *v = math::exp(*v - max);
+            *v = math::exp::<A>(*v - max);
         }
         let inv = 1.0 / lane_sum(x);
         for v in x.iter_mut() {
@@ -113,7 +113,7 @@ multiversion! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::simd::Isa;
+    use crate::cpu::simd::{Fused, Isa, Unfused};
 
     fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
         crate::cpu::test_values(n, seed, 4.0)
@@ -158,14 +158,19 @@ mod tests {
     fn every_instruction_set_gives_the_same_gelu_and_softmax() {
         let x = pseudo_random(1000, 3);
         let bias = pseudo_random(10, 4);
-        let mut scalar = x.clone();
-        for (i, v) in scalar.iter_mut().enumerate() {
-            *v = math::gelu(*v + bias[i % 10]);
-        }
+        let scalar = |gelu: fn(f32) -> f32| -> Vec<f32> {
+            x.iter()
+                .enumerate()
+                .map(|(i, v)| gelu(v + bias[i % 10]))
+                .collect()
+        };
+        let (fused, unfused) = (scalar(math::gelu::<Fused>), scalar(math::gelu::<Unfused>));
         for isa in Isa::available() {
             let mut y = x.clone();
             bias_gelu_with(isa, &mut y, &bias);
-            assert_eq!(y, scalar, "{isa:?} gelu differs from the scalar path");
+            // The vector loop computes what the scalar function of its arithmetic does.
+            let want = if isa.fused() { &fused } else { &unfused };
+            assert_eq!(&y, want, "{isa:?} gelu differs from the scalar path");
 
             let mut s = x[..77].to_vec();
             softmax_with(isa, &mut s);

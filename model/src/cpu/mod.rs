@@ -25,7 +25,7 @@ use crate::scorer::Encoded;
 use crate::weights::HostTensor;
 use gemm::{View, matmul};
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 /// Repeatable values in `[-half_range, half_range)` for the kernels' tests (an LCG).
@@ -240,7 +240,7 @@ impl CpuBert {
         let mut x = self.embed(batch, tokens);
         clock.lap("embeddings + norm");
         let mut own = None;
-        let mut shared = self.buffers.try_lock().ok();
+        let mut shared = self.shared_buffers();
         let buf: &mut Buffers = match shared.as_deref_mut() {
             Some(b) => b,
             None => own.insert(Buffers::default()),
@@ -310,6 +310,24 @@ impl CpuBert {
         logits
     }
 
+    /// The kept activation buffers, or `None` while another forward holds them. A
+    /// forward that panicked (caught further up) poisons the lock: its buffers may be
+    /// half-written, so they are dropped and the lock cleared rather than left
+    /// poisoned, which would send every later forward to fresh buffers for good.
+    fn shared_buffers(&self) -> Option<MutexGuard<'_, Buffers>> {
+        match self.buffers.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::WouldBlock) => None,
+            Err(TryLockError::Poisoned(poisoned)) => {
+                let mut guard = poisoned.into_inner();
+                *guard = Buffers::default();
+                self.buffers.clear_poison();
+                tracing::debug!("CPU forward buffers reset after a panicked forward");
+                Some(guard)
+            }
+        }
+    }
+
     /// Word + position + token type embeddings of every token, normalised.
     fn embed(&self, batch: &[&Encoded], tokens: usize) -> Vec<f32> {
         let h = self.cfg.hidden_size;
@@ -371,5 +389,104 @@ impl CpuBert {
             0..1,
         );
         logits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::{Dense, Layer as ParamLayer, Params};
+
+    fn mat(rows: usize, cols: usize, seed: u32) -> HostTensor {
+        HostTensor {
+            shape: vec![rows, cols],
+            data: test_values(rows * cols, seed, 0.5),
+        }
+    }
+
+    fn dense(rows: usize, cols: usize, seed: u32) -> Dense<HostTensor, Vec<f32>> {
+        Dense {
+            weight: mat(rows, cols, seed),
+            bias: test_values(cols, seed + 1, 0.1),
+        }
+    }
+
+    fn norm(width: usize) -> Norm<Vec<f32>> {
+        Norm {
+            gamma: vec![1.0; width],
+            beta: vec![0.0; width],
+            eps: 1e-12,
+        }
+    }
+
+    /// Two layers, hidden 8 in two heads, random weights.
+    fn tiny() -> CpuBert {
+        let cfg: BertConfig = serde_json::from_str(
+            r#"{"vocab_size": 12, "hidden_size": 8, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "intermediate_size": 16,
+                "max_position_embeddings": 16}"#,
+        )
+        .expect("config");
+        let (h, i) = (8, 16);
+        let layer = |s: u32| ParamLayer {
+            query: dense(h, h, s),
+            key_value: dense(h, 2 * h, s + 10),
+            attn_out: dense(h, h, s + 20),
+            attn_norm: norm(h),
+            ffn_in: dense(h, i, s + 30),
+            ffn_out: dense(i, h, s + 40),
+            ffn_norm: norm(h),
+        };
+        let params = Params {
+            word: mat(12, h, 1),
+            position: mat(16, h, 2),
+            token_type: mat(2, h, 3),
+            emb_norm: norm(h),
+            layers: vec![layer(100), layer(200)],
+            pooler: dense(h, h, 4),
+            classifier: dense(h, 1, 5),
+        };
+        CpuBert::new(cfg, params)
+    }
+
+    fn encoded(len: usize) -> Encoded {
+        Encoded {
+            ids: (0..len as u32).map(|i| i % 12).collect(),
+            type_ids: (0..len).map(|i| u32::from(i >= len / 2)).collect(),
+        }
+    }
+
+    impl CpuBert {
+        /// Length of the kept key/value buffer (`tokens × 2 × hidden` after a forward),
+        /// or `None` while its lock is poisoned.
+        fn kept_kv_len(&self) -> Option<usize> {
+            self.buffers.lock().ok().map(|b| b.kv.len())
+        }
+    }
+
+    #[test]
+    fn a_panicked_forward_does_not_turn_buffer_reuse_off() {
+        let bert = tiny();
+        let (five, seven) = (encoded(5), encoded(7));
+        let first = bert.forward(&[&five, &seven]);
+        assert_eq!(
+            bert.kept_kv_len(),
+            Some(12 * 16),
+            "the forward used the kept buffers"
+        );
+
+        // An empty sequence panics inside attention, with the buffers locked.
+        let empty = encoded(0);
+        let caught = std::panic::catch_unwind(|| bert.forward(&[&five, &empty]));
+        assert!(caught.is_err(), "an empty sequence must panic");
+        assert!(bert.buffers.is_poisoned(), "the panic poisoned the lock");
+
+        // The next forward takes the lock back, fresh, and computes the same logits.
+        let again = bert.forward(&[&seven]);
+        assert!(!bert.buffers.is_poisoned());
+        assert_eq!(bert.kept_kv_len(), Some(7 * 16), "reuse is back on");
+        let both = bert.forward(&[&five, &seven]);
+        assert_eq!(both, first);
+        assert!((again[0] - first[1]).abs() < 1e-5, "{again:?} vs {first:?}");
     }
 }
