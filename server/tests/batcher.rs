@@ -313,6 +313,31 @@ async fn shutdown_finishes_queued_work_then_refuses() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_flushing_batcher_closes_batches_at_once_and_still_takes_calls() {
+    let mut c = cfg(BatchPolicy::Deadline);
+    c.timeout = Duration::from_secs(600);
+    let r = rig(FakeScorer::default(), c);
+    let t = Instant::now();
+    let queued = submit(&r.batcher, vec![pair(1, 3)], None);
+    r.batcher.flush();
+    let out = answer(queued).await.expect("scored");
+    assert_eq!(out.logits, vec![1003.0]);
+    assert_eq!(
+        t.elapsed(),
+        Duration::ZERO,
+        "a drain does not wait the timeout"
+    );
+    // A call still on its way while the server drains is taken, and runs at once.
+    let late = answer(submit(&r.batcher, vec![pair(2, 3)], None))
+        .await
+        .expect("taken while flushing");
+    assert_eq!(late.logits, vec![2003.0]);
+    assert_eq!(t.elapsed(), Duration::ZERO);
+    r.batcher.shutdown();
+    r.thread.join().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failing_or_panicking_scorer_fails_only_its_batch() {
     let s = FakeScorer {
         fail_on: Some(1),
@@ -496,4 +521,247 @@ async fn policy_none_runs_every_call_alone_at_once() {
         vec![vec![1, 1], vec![2], vec![3, 3, 3, 3], vec![3, 3]],
         "one call per forward pass, split only at --max-batch"
     );
+}
+
+/// A fresh one-pair call arrives after every batch, so one is always waiting when the
+/// next batch is chosen: the load under which "new calls first" could starve a call
+/// that already had a batch. The observer submits them (it runs after each batch,
+/// before the next is taken); ids 100, 101, … name them.
+struct FreshEveryBatch {
+    batcher: std::sync::OnceLock<Batcher>,
+    len: usize,
+    /// How many fresh calls to send in all (the test ends even on a starving batcher).
+    limit: u32,
+    /// Each pair's id, the batches run before it was queued, and the pairs ahead of it.
+    queued: Mutex<Vec<(u32, u64, usize)>>,
+    replies: tokio::sync::mpsc::UnboundedSender<Reply>,
+}
+
+impl BatchObserver for FreshEveryBatch {
+    fn batch_done(&self, _info: &BatchInfo) {
+        let b = self.batcher.get().expect("set at start");
+        let mut queued = self.queued.lock().unwrap();
+        let sent = queued.iter().filter(|q| q.0 >= 100).count() as u32;
+        if sent >= self.limit {
+            return;
+        }
+        let id = 100 + sent;
+        queued.push((id, b.batches_run(), b.queued_pairs()));
+        let _ = self.replies.send(submit(b, vec![pair(id, self.len)], None));
+    }
+}
+
+/// Runs an old call of `old` pairs (ids 1, 2, …, each `old_len` tokens) against a
+/// fresh call after every batch, then checks the bound the batcher's docs prove: a
+/// pair runs within `2p + 1` batches of being queued, `p` the pairs ahead of it then.
+/// Returns the batches the old call took, and how many of them held its pairs.
+async fn old_call_under_fresh_load(
+    c: BatcherConfig,
+    old: u32,
+    old_len: usize,
+    fresh_len: usize,
+) -> (usize, u32) {
+    let scorer = Arc::new(FakeScorer::default());
+    let (replies, mut fresh_replies) = tokio::sync::mpsc::unbounded_channel();
+    let fresh = Arc::new(FreshEveryBatch {
+        batcher: Default::default(),
+        len: fresh_len,
+        limit: 40,
+        queued: Default::default(),
+        replies,
+    });
+    let (batcher, _thread) = Batcher::start(scorer.clone(), c, fresh.clone());
+    assert!(fresh.batcher.set(batcher.clone()).is_ok(), "set once");
+    let ids: Vec<u32> = (1..=old).collect();
+    for (ahead, &id) in ids.iter().enumerate() {
+        fresh.queued.lock().unwrap().push((id, 0, ahead));
+    }
+    let out = answer(submit(
+        &batcher,
+        ids.iter().map(|&id| pair(id, old_len)).collect(),
+        None,
+    ))
+    .await
+    .expect("the old call is scored");
+    let want: Vec<f32> = ids
+        .iter()
+        .map(|&id| (1000 * id as usize + old_len) as f32)
+        .collect();
+    assert_eq!(out.logits, want);
+    // Each fresh call's batch sends the next one (its observer runs before delivery).
+    for _ in 0..fresh.limit {
+        let rx = fresh_replies.recv().await.expect("sent");
+        answer(rx).await.expect("every fresh call is scored too");
+    }
+    let batches = scorer.batches();
+    // Batch numbers from 1, as `batches_run` counts them.
+    let ran_in = |id: u32| 1 + batches.iter().position(|b| b.contains(&id)).expect("ran") as u64;
+    for &(id, before, ahead) in fresh.queued.lock().unwrap().iter() {
+        let waited = ran_in(id) - before;
+        let bound = 2 * ahead as u64 + 1;
+        assert!(
+            waited <= bound,
+            "pair {id} ({ahead} pairs ahead of it) ran {waited} batches after it was queued, \
+             over the bound of {bound}: {batches:?}"
+        );
+    }
+    (ran_in(old) as usize, out.batches)
+}
+
+#[tokio::test(start_paused = true)]
+async fn policy_none_does_not_starve_a_call_that_had_a_batch() {
+    let (took, held) = old_call_under_fresh_load(cfg(BatchPolicy::None), 6, 4, 4).await;
+    assert!(held >= 2, "the old call spans batches");
+    assert!(took <= 11, "took {took} batches: over 2 * 5 + 1");
+}
+
+fn one_pair_batches(policy: BatchPolicy) -> BatcherConfig {
+    BatcherConfig {
+        max_batch: 1,
+        ..cfg(policy)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_batch_one_does_not_starve_a_call_that_had_a_batch_eager() {
+    let (took, held) =
+        old_call_under_fresh_load(one_pair_batches(BatchPolicy::Eager), 4, 4, 4).await;
+    assert_eq!(held, 4);
+    assert!(took <= 7, "took {took} batches: over 2 * 3 + 1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_batch_one_does_not_starve_a_call_that_had_a_batch_deadline() {
+    let (took, held) =
+        old_call_under_fresh_load(one_pair_batches(BatchPolicy::Deadline), 4, 4, 4).await;
+    assert_eq!(held, 4);
+    assert!(took <= 7, "took {took} batches: over 2 * 3 + 1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_batch_one_does_not_starve_a_call_that_had_a_batch_none() {
+    let (took, held) =
+        old_call_under_fresh_load(one_pair_batches(BatchPolicy::None), 4, 4, 4).await;
+    assert_eq!(held, 4);
+    assert!(took <= 7, "took {took} batches: over 2 * 3 + 1");
+}
+
+/// A budget of 100 tokens (packed: a batch costs the sum of its lengths) holds one
+/// 60-token pair, never the oldest beside a fresh call's first.
+fn one_pair_budget(policy: BatchPolicy, group_by_length: bool) -> BatcherConfig {
+    BatcherConfig {
+        max_batch_tokens: 100,
+        group_by_length,
+        ..cfg(policy)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_budget_too_small_for_two_does_not_starve_a_call_eager() {
+    let (took, held) =
+        old_call_under_fresh_load(one_pair_budget(BatchPolicy::Eager, false), 4, 60, 60).await;
+    assert_eq!(held, 4);
+    assert!(took <= 7, "took {took} batches: over 2 * 3 + 1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_budget_too_small_for_two_does_not_starve_a_call_deadline() {
+    let (took, held) =
+        old_call_under_fresh_load(one_pair_budget(BatchPolicy::Deadline, false), 4, 60, 60).await;
+    assert_eq!(held, 4);
+    assert!(took <= 7, "took {took} batches: over 2 * 3 + 1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_budget_too_small_for_two_does_not_starve_a_call_grouped() {
+    let (took, held) =
+        old_call_under_fresh_load(one_pair_budget(BatchPolicy::Eager, true), 4, 60, 60).await;
+    assert_eq!(held, 4);
+    assert!(took <= 7, "took {took} batches: over 2 * 3 + 1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn eager_and_deadline_with_room_run_the_oldest_pair_in_every_batch() {
+    // With room for the oldest beside the fresh call's first, nothing is passed over
+    // and the tighter bound p + 1 holds: 4 for the old call's last pair. It takes 3,
+    // as its first batch holds two of its pairs and every later one holds one.
+    for policy in [BatchPolicy::Eager, BatchPolicy::Deadline] {
+        let c = BatcherConfig {
+            max_batch: 2,
+            ..cfg(policy)
+        };
+        let (took, held) = old_call_under_fresh_load(c, 4, 4, 4).await;
+        assert_eq!(held, 3, "{policy}");
+        assert_eq!(took, 3, "{policy}");
+    }
+}
+
+/// A scorer whose forward pass says it started, then blocks until released: a hung
+/// forward pass, under the test's control.
+struct GateScorer {
+    started: Mutex<Option<oneshot::Sender<()>>>,
+    release: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Scorer for GateScorer {
+    fn layout(&self) -> Layout {
+        Layout::Packed
+    }
+    fn limits(&self) -> Limits {
+        Limits {
+            max_input_tokens: 512,
+            max_positions: 512,
+        }
+    }
+    fn encode(&self, _q: &str, _p: &str) -> Result<Encoded, ModelError> {
+        unreachable!("the batcher gets encoded pairs")
+    }
+    fn forward(&self, batch: &[&Encoded]) -> Result<Vec<f32>, ModelError> {
+        if let Some(tx) = self.started.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        let _ = self.release.lock().unwrap().recv();
+        Ok(vec![0.0; batch.len()])
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_answers_every_waiting_call_at_once_and_refuses_new_ones() {
+    let (started_tx, started) = oneshot::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let scorer = Arc::new(GateScorer {
+        started: Mutex::new(Some(started_tx)),
+        release: Mutex::new(release_rx),
+    });
+    let (batcher, thread) = Batcher::start(
+        scorer,
+        cfg(BatchPolicy::Eager),
+        Arc::new(Batches::default()),
+    );
+    assert_eq!(batcher.capacity(), 64, "capacity is --max-queue-pairs");
+    let running = submit(&batcher, vec![pair(1, 3)], None);
+    started.await.expect("the forward pass started");
+    let queued = submit(&batcher, vec![pair(2, 3), pair(3, 3)], None);
+    assert_eq!(batcher.queued_pairs(), 2);
+    let t = Instant::now();
+    batcher.abort("drain timed out");
+    let want = BatchError::Unavailable("drain timed out".into());
+    // The call in the hung forward pass is answered too, not only the queued one.
+    assert_eq!(answer(running).await.expect_err("aborted"), want);
+    assert_eq!(answer(queued).await.expect_err("aborted"), want);
+    assert_eq!(t.elapsed(), Duration::ZERO, "at once");
+    assert_eq!(batcher.queued_pairs(), 0);
+    assert_eq!(
+        batcher
+            .submit(vec![pair(4, 3)], None, None)
+            .expect_err("refused after an abort"),
+        want
+    );
+    assert!(
+        batcher.failure().borrow().is_none(),
+        "an abort is no failure"
+    );
+    // Once the hung pass returns, the scheduler exits (its late scores go nowhere).
+    release.send(()).expect("the forward pass waits");
+    thread.join().await;
 }
