@@ -189,17 +189,17 @@ fn measured(calls: &[CallRecord]) -> impl Iterator<Item = &CallRecord> {
 fn configs(d: &RunData) -> Vec<ConfigReport> {
     let steps: BTreeSet<usize> = measured(&d.calls)
         .map(|c| c.client.step)
-        .chain(d.steps.iter().map(|s| s.step))
+        .chain(d.steps.iter().map(|s| s.record.step))
         .collect();
     let mut out = Vec::new();
     for step in steps {
         let calls: Vec<&CallRecord> = measured(&d.calls)
             .filter(|c| c.client.step == step)
             .collect();
-        let recs: Vec<_> = d.steps.iter().filter(|s| s.step == step).collect();
+        let recs: Vec<_> = d.steps.iter().filter(|s| s.record.step == step).collect();
         let batch = recs
             .first()
-            .map(|r| r.batch)
+            .map(|r| r.record.batch)
             .or_else(|| calls.first().map(|c| c.client.batch))
             .unwrap_or(0);
         // Concurrency per driver: from its step record, else from its calls.
@@ -208,7 +208,7 @@ fn configs(d: &RunData) -> Vec<ConfigReport> {
             conc.insert(&c.client.driver_id, c.client.concurrency);
         }
         for r in &recs {
-            conc.insert(&r.driver_id, r.concurrency);
+            conc.insert(&r.driver_id, r.record.concurrency);
         }
         let ok: Vec<&&CallRecord> = calls.iter().filter(|c| c.client.status.is_ok()).collect();
         let latency: Vec<f64> = ok.iter().map(|c| c.client.latency_ms).collect();
@@ -227,7 +227,7 @@ fn configs(d: &RunData) -> Vec<ConfigReport> {
         let pairs: usize = ok.iter().map(|c| c.client.pairs).sum();
         // Time: one driver's own wall clock; several drivers, first start to last end.
         let time_s = match recs.as_slice() {
-            [one] => one.wall_s,
+            [one] => one.record.wall_s,
             [] => {
                 let lo = calls
                     .iter()
@@ -263,7 +263,7 @@ fn configs(d: &RunData) -> Vec<ConfigReport> {
                 0.0
             },
             errors,
-            late_calls: recs.iter().map(|r| r.late_calls).sum(),
+            late_calls: recs.iter().map(|r| r.record.late_calls).sum(),
             latency_ms: Dist::of(&latency),
             throughput: Dist::of(&throughput),
             buckets: latency_buckets(&latency, &throughput),

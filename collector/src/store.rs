@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use crossbatch_proto::StatusCode;
 use crossbatch_proto::attrs as a;
+use crossbatch_proto::records::StepRecord;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
@@ -76,25 +77,14 @@ pub struct BatchRecord {
     pub padding_waste_pct: f64,
 }
 
-/// A driver finished one config (`bench.step`).
+/// A driver finished one config (`bench.step`): its record, who sent it and when.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepDone {
     pub run_id: String,
     pub driver_id: String,
     pub host: String,
-    pub step: usize,
-    pub batch: usize,
-    pub concurrency: usize,
-    pub mode: String,
-    pub calls_sent: usize,
-    pub calls_ok: usize,
-    pub calls_failed: usize,
-    pub pairs_sent: usize,
-    pub pairs_ok: usize,
-    pub warmup_calls: usize,
-    pub late_calls: usize,
-    pub wall_s: f64,
-    pub interrupted: bool,
+    #[serde(flatten)]
+    pub record: StepRecord,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
 }
@@ -426,19 +416,21 @@ impl Store {
                 run_id: str_attr(at, a::RUN_ID)?,
                 driver_id: str_attr(at, a::DRIVER_ID)?,
                 host: str_attr(at, a::HOST).unwrap_or_default(),
-                step: uint_attr(at, a::STEP)?,
-                batch: uint_attr(at, a::BATCH)?,
-                concurrency: uint_attr(at, a::CONCURRENCY)?,
-                mode: str_attr(at, a::MODE).unwrap_or_else(|| "closed".into()),
-                calls_sent: uint_attr(at, a::CALLS_SENT)?,
-                calls_ok: uint_attr(at, a::CALLS_OK)?,
-                calls_failed: uint_attr(at, a::CALLS_FAILED).unwrap_or(0),
-                pairs_sent: uint_attr(at, a::PAIRS_SENT)?,
-                pairs_ok: uint_attr(at, a::PAIRS_OK)?,
-                warmup_calls: uint_attr(at, a::WARMUP_CALLS).unwrap_or(0),
-                late_calls: uint_attr(at, a::LATE_CALLS).unwrap_or(0),
-                wall_s: f64_attr(at, a::WALL_S)?,
-                interrupted: bool_attr(at, a::INTERRUPTED).unwrap_or(false),
+                record: StepRecord {
+                    step: uint_attr(at, a::STEP)?,
+                    batch: uint_attr(at, a::BATCH)?,
+                    concurrency: uint_attr(at, a::CONCURRENCY)?,
+                    mode: str_attr(at, a::MODE).unwrap_or_else(|| "closed".into()),
+                    calls_sent: uint_attr(at, a::CALLS_SENT)?,
+                    calls_ok: uint_attr(at, a::CALLS_OK)?,
+                    calls_failed: uint_attr(at, a::CALLS_FAILED).unwrap_or(0),
+                    pairs_sent: uint_attr(at, a::PAIRS_SENT)?,
+                    pairs_ok: uint_attr(at, a::PAIRS_OK)?,
+                    warmup_calls: uint_attr(at, a::WARMUP_CALLS).unwrap_or(0),
+                    late_calls: uint_attr(at, a::LATE_CALLS).unwrap_or(0),
+                    wall_s: f64_attr(at, a::WALL_S)?,
+                    interrupted: bool_attr(at, a::INTERRUPTED).unwrap_or(false),
+                },
                 start_unix_ns: s.start_time_unix_nano,
                 end_unix_ns: s.end_time_unix_nano,
             })
@@ -447,7 +439,9 @@ impl Store {
             Some(r) => {
                 // A re-sent record replaces the earlier one.
                 self.steps.retain(|o| {
-                    !(o.run_id == r.run_id && o.driver_id == r.driver_id && o.step == r.step)
+                    !(o.run_id == r.run_id
+                        && o.driver_id == r.driver_id
+                        && o.record.step == r.record.step)
                 });
                 self.steps.push(r);
             }

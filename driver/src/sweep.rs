@@ -170,7 +170,7 @@ pub fn step_record(step: &StepConfig, r: &StepResult) -> StepRecord {
         },
         warmup_calls: r.samples.iter().filter(|s| s.warmup).count(),
         late_calls: r.late,
-        wall: r.wall,
+        wall_s: r.wall.as_secs_f64(),
         interrupted: r.interrupted,
         ..Default::default()
     };
@@ -182,6 +182,7 @@ pub fn step_record(step: &StepConfig, r: &StepResult) -> StepRecord {
             rec.pairs_ok += s.pairs;
         }
     }
+    rec.count_failures();
     rec
 }
 

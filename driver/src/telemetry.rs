@@ -50,22 +50,8 @@ pub struct CallSpan {
     cx: Context,
 }
 
-/// One config's completion record.
-#[derive(Debug, Clone, Default)]
-pub struct StepRecord {
-    pub step: usize,
-    pub batch: usize,
-    pub concurrency: usize,
-    pub mode: String,
-    pub calls_sent: usize,
-    pub calls_ok: usize,
-    pub pairs_sent: usize,
-    pub pairs_ok: usize,
-    pub warmup_calls: usize,
-    pub late_calls: usize,
-    pub wall: Duration,
-    pub interrupted: bool,
-}
+/// One config's completion record, as the collector reads it back.
+pub use crossbatch_proto::records::StepRecord;
 
 /// The server's description of itself (`Info`), recorded on `bench.run`.
 #[derive(Debug, Clone, Default)]
@@ -246,12 +232,12 @@ impl ClientTelemetry {
                 KeyValue::new(a::MODE, r.mode.clone()),
                 usize_kv(a::CALLS_SENT, r.calls_sent),
                 usize_kv(a::CALLS_OK, r.calls_ok),
-                usize_kv(a::CALLS_FAILED, r.calls_sent - r.calls_ok),
+                usize_kv(a::CALLS_FAILED, r.calls_failed),
                 usize_kv(a::PAIRS_SENT, r.pairs_sent),
                 usize_kv(a::PAIRS_OK, r.pairs_ok),
                 usize_kv(a::WARMUP_CALLS, r.warmup_calls),
                 usize_kv(a::LATE_CALLS, r.late_calls),
-                KeyValue::new(a::WALL_S, r.wall.as_secs_f64()),
+                KeyValue::new(a::WALL_S, r.wall_s),
                 KeyValue::new(a::INTERRUPTED, r.interrupted),
             ],
         );
