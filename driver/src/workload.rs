@@ -3,8 +3,6 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
-
 /// SplitMix64: a tiny seeded generator, so the synthetic workload and Poisson
 /// arrivals are the same on every machine without pulling in `rand`.
 #[derive(Debug, Clone)]
@@ -31,11 +29,8 @@ impl SplitMix {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Pair {
-    pub query: String,
-    pub passage: String,
-}
+pub use crossbatch_proto::pairs::Pair;
+use crossbatch_proto::pairs::{PairsError, parse_jsonl_strict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
@@ -50,12 +45,15 @@ pub enum WorkloadError {
         line: usize,
         message: String,
     },
+    #[error(transparent)]
+    Jsonl(#[from] PairsError),
     #[error("{0}: holds no pairs")]
     Empty(String),
 }
 
-/// JSONL by extension `.jsonl`/`.json`; otherwise TSV: `query<TAB>passage`, or MS
-/// MARCO's `qid<TAB>pid<TAB>query<TAB>passage` (the last two columns are used).
+/// JSONL by extension `.jsonl`/`.json`/`.ndjson` (the shared reader); otherwise TSV:
+/// `query<TAB>passage`, or MS MARCO's `qid<TAB>pid<TAB>query<TAB>passage` (the last two
+/// columns are used).
 pub fn load(path: &Path) -> Result<Vec<Pair>, WorkloadError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| WorkloadError::Io {
@@ -66,32 +64,36 @@ pub fn load(path: &Path) -> Result<Vec<Pair>, WorkloadError> {
         path.extension().and_then(|e| e.to_str()),
         Some("jsonl" | "json" | "ndjson")
     );
+    let out = if jsonl {
+        parse_jsonl_strict(&name, &text)?
+    } else {
+        parse_tsv(&name, &text)?
+    };
+    if out.is_empty() {
+        return Err(WorkloadError::Empty(name));
+    }
+    Ok(out)
+}
+
+/// Every non-blank TSV line as a pair, or the first line with fewer than two columns.
+fn parse_tsv(name: &str, text: &str) -> Result<Vec<Pair>, WorkloadError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |message: String| WorkloadError::Parse {
-            path: name.clone(),
-            line: i + 1,
-            message,
-        };
-        let pair = if jsonl {
-            serde_json::from_str::<Pair>(line).map_err(|e| bad(e.to_string()))?
-        } else {
-            let cols: Vec<&str> = line.split('\t').collect();
-            if cols.len() < 2 {
-                return Err(bad("expected query<TAB>passage".into()));
-            }
-            Pair {
-                query: cols[cols.len() - 2].to_string(),
-                passage: cols[cols.len() - 1].to_string(),
-            }
-        };
-        out.push(pair);
-    }
-    if out.is_empty() {
-        return Err(WorkloadError::Empty(name));
+        let cols: Vec<&str> = line.split('\t').collect();
+        if cols.len() < 2 {
+            return Err(WorkloadError::Parse {
+                path: name.to_string(),
+                line: i + 1,
+                message: "expected query<TAB>passage".into(),
+            });
+        }
+        out.push(Pair {
+            query: cols[cols.len() - 2].to_string(),
+            passage: cols[cols.len() - 1].to_string(),
+        });
     }
     Ok(out)
 }

@@ -4,11 +4,12 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use burn::tensor::wgpu::wgpu as wgpu_api;
-use burn::tensor::{Device, DeviceKind, FloatDType};
+use burn::tensor::{Device, DeviceKind, Distribution, FloatDType, Tensor};
 
-use crate::scorer::Layout;
+use crate::scorer::{Layout, ModelError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {
@@ -98,6 +99,31 @@ impl SelectedDevice {
             BackendKind::Cpu => rayon::current_num_threads(),
             BackendKind::Wgpu => 1,
         }
+    }
+
+    /// Best of `reps` square `n`×`n` matmuls on this device, in GFLOP/s: what its
+    /// matmuls reach, to set a forward's achieved GFLOP/s beside.
+    pub fn matmul_gflops(&self, n: usize, reps: usize) -> Result<f64, ModelError> {
+        let device = &self.device;
+        let a: Tensor<2> = Tensor::random([n, n], Distribution::Default, device);
+        let b: Tensor<2> = Tensor::random([n, n], Distribution::Default, device);
+        let sync = || {
+            device
+                .sync()
+                .map_err(|e| ModelError::Inference(format!("{e:?}")))
+        };
+        // Warm-up (and autotune on wgpu).
+        let _ = a.clone().matmul(b.clone());
+        sync()?;
+        let mut best = Duration::MAX;
+        for _ in 0..reps.max(1) {
+            let t = Instant::now();
+            let c = a.clone().matmul(b.clone());
+            sync()?;
+            best = best.min(t.elapsed());
+            drop(c);
+        }
+        Ok(2.0 * (n as f64).powi(3) / best.as_secs_f64() / 1e9)
     }
 
     /// The batch layout that suits this device (see `model::bert`).

@@ -1,10 +1,10 @@
 //! crossbatch-model: the cross-encoder (`cross-encoder/ms-marco-MiniLM-L-6-v2`) on Burn
-//! behind a small scoring interface ([`Scorer`]), with what loading and measuring it
-//! takes: the device choice, the model source and offline stand-in, the tokenizer, the
-//! offline bench. The server depends on [`Scorer`] for batching and serving.
+//! behind a small scoring interface ([`Scorer`]), with what loading it takes: the
+//! device choice, the model source and offline stand-in, the tokenizer. The server
+//! depends on [`Scorer`] for batching and serving; its offline bench lives in the
+//! server, the reference rows the parity tests read in `crossbatch-testkit`.
 
 pub mod backend;
-pub mod bench;
 mod bert;
 pub mod config;
 pub mod cpu;
@@ -12,10 +12,8 @@ mod encoder;
 pub mod gpu_monitor;
 pub mod hub;
 pub mod kernel_cache;
-pub mod pairs;
 pub mod params;
-pub mod parity;
-pub mod pyjson;
+mod pyjson;
 pub mod scorer;
 pub mod source;
 pub mod standin;

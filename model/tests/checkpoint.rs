@@ -60,7 +60,7 @@ fn bare_bertmodel_keys_load_and_score_identically() {
     let b = load(bare.path()).expect("bare loads");
     assert_eq!(a.key_layout(), KeyLayout::Prefixed);
     assert_eq!(b.key_layout(), KeyLayout::Bare);
-    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
+    let rows = crossbatch_testkit::parity::reference_rows().expect("reference rows");
     let enc: Vec<Encoded> = rows[..4]
         .iter()
         .map(|r| a.encode(&r.query, &r.passage).expect("encodes"))

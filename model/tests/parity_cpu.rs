@@ -1,7 +1,8 @@
 //! The model on the CPU backend against HF transformers (../shared/reference).
 
 use crossbatch_model::backend::{self, BackendChoice};
-use crossbatch_model::{CpuKernels, CrossEncoder, Encoded, Layout, parity};
+use crossbatch_model::{CpuKernels, CrossEncoder, Encoded, Layout};
+use crossbatch_testkit::parity;
 
 fn cpu_model() -> CrossEncoder {
     let dev = backend::select(BackendChoice::Cpu).expect("cpu backend");
@@ -15,7 +16,7 @@ fn cpu_model() -> CrossEncoder {
 #[test]
 fn token_ids_match_reference_for_every_row() {
     let model = cpu_model();
-    for (i, row) in crossbatch_model::parity::reference_rows()
+    for (i, row) in crossbatch_testkit::parity::reference_rows()
         .expect("reference rows")
         .iter()
         .enumerate()
@@ -31,7 +32,7 @@ fn token_ids_match_reference_for_every_row() {
 }
 
 fn check_logits(model: &CrossEncoder, batch: usize, tol: f64) {
-    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
+    let rows = crossbatch_testkit::parity::reference_rows().expect("reference rows");
     let encoded: Vec<Encoded> = rows
         .iter()
         .map(|r| model.encode(&r.query, &r.passage).expect("encodes"))
@@ -87,7 +88,7 @@ fn logits_match_reference_padded_with_attention_mask() {
 
 #[test]
 fn a_pair_scores_the_same_alone_and_inside_a_padded_mixed_batch() {
-    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
+    let rows = crossbatch_testkit::parity::reference_rows().expect("reference rows");
     for (layout, kernels) in [
         (Layout::Packed, CpuKernels::Fused),
         (Layout::Packed, CpuKernels::Burn),

@@ -5,7 +5,8 @@
 mod common;
 
 use crossbatch_model::backend::{self, BackendChoice, BackendKind};
-use crossbatch_model::{CrossEncoder, Encoded, Layout, parity};
+use crossbatch_model::{CrossEncoder, Encoded, Layout};
+use crossbatch_testkit::parity;
 
 #[test]
 fn wgpu_logits_match_reference() {
@@ -22,7 +23,7 @@ fn wgpu_logits_match_reference() {
     .expect("loads on wgpu");
     assert_eq!(model.layout(), Layout::Padded);
 
-    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
+    let rows = crossbatch_testkit::parity::reference_rows().expect("reference rows");
     let encoded: Vec<Encoded> = rows
         .iter()
         .map(|r| model.encode(&r.query, &r.passage).expect("encodes"))

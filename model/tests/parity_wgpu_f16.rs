@@ -7,7 +7,8 @@
 mod common;
 
 use crossbatch_model::backend::{self, BackendChoice, BackendError, Precision};
-use crossbatch_model::{CrossEncoder, Encoded, parity};
+use crossbatch_model::{CrossEncoder, Encoded};
+use crossbatch_testkit::parity;
 
 /// Max |f16 logit - HF f64 logit| allowed. Worst measured (2026-12-01): 3.6e-4 on the
 /// software Vulkan driver (lavapipe, LLVM 15, all 64 rows), 2.0e-4 on an NVIDIA H200 (all 64
@@ -43,7 +44,7 @@ fn f16_logits_match_reference_and_rankings_match_f32() {
 
     // 1. Logits against the reference, every row (512-token ones included: f16's
     // range is narrowest in long attention rows).
-    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
+    let rows = crossbatch_testkit::parity::reference_rows().expect("reference rows");
     let encoded: Vec<Encoded> = rows
         .iter()
         .map(|r| f16.encode(&r.query, &r.passage).expect("encodes"))

@@ -9,6 +9,7 @@ pub mod client;
 pub mod collector_access;
 pub mod key_check;
 pub mod lifecycle;
+pub mod pairs;
 pub mod records;
 pub mod rejections;
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod batcher;
 pub mod error;
 pub mod metrics;
+pub mod offline_bench;
 pub mod resources;
 pub mod serve;
 pub mod serve_bench;

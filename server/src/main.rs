@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crossbatch_model::backend::{self, BackendChoice, Precision};
 use crossbatch_model::{CpuKernels, CrossEncoder, Encoded};
-use crossbatch_model::{bench, kernel_cache, pairs, source, standin};
-use crossbatch_proto::lifecycle;
+use crossbatch_model::{kernel_cache, source, standin};
+use crossbatch_proto::{lifecycle, pairs};
+use crossbatch_server::offline_bench as bench;
 use crossbatch_server::{serve, serve_bench, telemetry};
 
 #[global_allocator]

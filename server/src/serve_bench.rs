@@ -210,9 +210,9 @@ pub async fn served_row(
     );
     warm.await;
     let before = batch_pairs_totals(metrics).await;
-    let cpu0 = crossbatch_model::bench::busy_seconds();
+    let cpu0 = crate::offline_bench::busy_seconds();
     let result = closed_loop(ch, workload, batch, concurrency, pairs, 0).await;
-    let cpu1 = crossbatch_model::bench::busy_seconds();
+    let cpu1 = crate::offline_bench::busy_seconds();
     let after = batch_pairs_totals(metrics).await;
     let _ = stop.send(());
     let _ = task.await;

@@ -27,7 +27,7 @@ fn raw(pairs: Vec<Pair>) -> ScoreRequest {
 async fn grpc_scores_equal_offline_scores_for_the_parity_file() {
     let server = Server::start(&["--batch-timeout-ms", "5"]).await;
     let mut c = server.client().await;
-    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
+    let rows = crossbatch_testkit::parity::reference_rows().expect("reference rows");
     let pairs: Vec<Pair> = rows.iter().map(|r| pair(&r.query, &r.passage)).collect();
     // Offline, one pair per forward: what `crossbatch-server score --batch 1` writes.
     let offline = {
@@ -77,7 +77,7 @@ async fn grpc_scores_equal_offline_scores_for_the_parity_file() {
 async fn a_pair_scores_the_same_alone_and_in_a_batch_of_96() {
     let server = Server::start(&["--batch-timeout-ms", "5"]).await;
     let mut c = server.client().await;
-    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
+    let rows = crossbatch_testkit::parity::reference_rows().expect("reference rows");
     let target = pair(&rows[0].query, &rows[0].passage);
     let alone = c
         .score(raw(vec![target.clone()]))
@@ -282,7 +282,7 @@ async fn invalid_inputs_get_invalid_argument_and_empty_passages_a_score() {
 async fn rerank_sorts_best_first_with_top_n_and_text() {
     let server = Server::start(&["--batch-timeout-ms", "5"]).await;
     let mut c = server.client().await;
-    let rows = crossbatch_model::parity::reference_rows().expect("reference rows");
+    let rows = crossbatch_testkit::parity::reference_rows().expect("reference rows");
     let query = rows[0].query.clone();
     let passages: Vec<String> = rows[..6].iter().map(|r| r.passage.clone()).collect();
     let scores = c

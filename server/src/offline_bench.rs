@@ -1,14 +1,15 @@
-//! The offline benchmark: forward and tokenization throughput on a pair file, at
-//! several batch sizes, with achieved model GFLOP/s beside the device's matmul GFLOP/s.
+//! The offline benchmark (`crossbatch-server bench`): forward and tokenization
+//! throughput on a pair file, at several batch sizes, with achieved model GFLOP/s
+//! beside the device's matmul GFLOP/s.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
-use crate::encoder::CrossEncoder;
-use crate::pairs::Pair;
-use crate::scorer::{Encoded, Layout, ModelError, padded_len};
+use crossbatch_model::backend::BackendKind;
+use crossbatch_model::cpu::PhaseTimes;
+use crossbatch_model::{CrossEncoder, Encoded, Layout, ModelError, padded_len};
+use crossbatch_proto::pairs::Pair;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchResult {
@@ -88,29 +89,6 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Best of `reps` square `n`×`n` matmuls on `device`, in GFLOP/s.
-pub fn matmul_gflops(device: &Device, n: usize, reps: usize) -> Result<f64, ModelError> {
-    let a: Tensor<2> = Tensor::random([n, n], Distribution::Default, device);
-    let b: Tensor<2> = Tensor::random([n, n], Distribution::Default, device);
-    let sync = || {
-        device
-            .sync()
-            .map_err(|e| ModelError::Inference(format!("{e:?}")))
-    };
-    // Warm-up (and autotune on wgpu).
-    let _ = a.clone().matmul(b.clone());
-    sync()?;
-    let mut best = Duration::MAX;
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        let c = a.clone().matmul(b.clone());
-        sync()?;
-        best = best.min(t.elapsed());
-        drop(c);
-    }
-    Ok(2.0 * (n as f64).powi(3) / best.as_secs_f64() / 1e9)
-}
-
 pub struct BenchOptions {
     pub batches: Vec<usize>,
     pub repeat: usize,
@@ -141,7 +119,7 @@ pub fn run(
         pairs.len()
     ));
 
-    let matmul = matmul_gflops(&model.device().device, opts.matmul_n, 5)?;
+    let matmul = model.device().matmul_gflops(opts.matmul_n, 5)?;
     progress(&format!(
         "matmul {n}x{n}x{n}: {matmul:.1} GFLOP/s",
         n = opts.matmul_n
@@ -166,7 +144,7 @@ pub fn run(
         };
         // Warm-up, untimed. On wgpu every new shape compiles and autotunes kernels the
         // first time, so one whole pass; on the CPU the first batch (allocations).
-        if model.device().backend == crate::backend::BackendKind::Wgpu {
+        if model.device().backend == BackendKind::Wgpu {
             for c in &chunks {
                 model.forward(c)?;
             }
@@ -262,7 +240,7 @@ pub fn profile(
     model: &CrossEncoder,
     pairs: &[Pair],
     batch: usize,
-) -> Result<Option<crate::cpu::PhaseTimes>, ModelError> {
+) -> Result<Option<PhaseTimes>, ModelError> {
     let encoded: Vec<Encoded> = pairs
         .iter()
         .map(|p| model.encode(&p.query, &p.passage))
@@ -274,7 +252,7 @@ pub fn profile(
     let Some(first) = chunks.first() else {
         return Ok(None);
     };
-    let mut phases = crate::cpu::PhaseTimes::default();
+    let mut phases = PhaseTimes::default();
     if model
         .forward_profiled(first, &mut phases)
         .transpose()?
@@ -290,7 +268,7 @@ pub fn profile(
 }
 
 /// The breakdown as a markdown table: phase, ms per forward, share.
-pub fn profile_markdown(phases: &crate::cpu::PhaseTimes, forwards: usize, batch: usize) -> String {
+pub fn profile_markdown(phases: &PhaseTimes, forwards: usize, batch: usize) -> String {
     let total = phases.total().as_secs_f64();
     let mut s = format!(
         "| phase (batch {batch}, mean of {forwards} forwards) | ms per forward | share |\n|---|---|---|\n"
