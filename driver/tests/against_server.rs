@@ -130,10 +130,18 @@ async fn errors_are_counted_by_code_when_the_server_goes_away() {
         .expect("serving");
     let (_tx, stop) = tokio::sync::watch::channel(false);
     let work = Arc::new(workload::synthetic(50, 2));
-    // Stop the server shortly after the step starts; the run must finish and count.
+    // Stop the server once 20 of the step's 400 calls have run (counted by the server
+    // itself, not guessed from a clock); the run must finish and count.
     let stopper = server.stop.take().expect("stop handle");
+    let mut info = crossbatch_proto::v1::cross_encoder_client::CrossEncoderClient::new(ch.clone());
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        loop {
+            match info.info(crossbatch_proto::v1::InfoRequest {}).await {
+                Ok(r) if r.get_ref().batches_run >= 20 => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+                Err(_) => break,
+            }
+        }
         let _ = stopper.send(());
     });
     let c = cfg(vec![1], vec![2], 400, 0);

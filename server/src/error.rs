@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 
+use crate::admission::Overloaded;
 use crate::batcher::BatchError;
 
 #[derive(Debug, thiserror::Error)]
@@ -10,6 +11,8 @@ pub enum ServeError {
     InvalidArgument(String),
     #[error("the model is still loading")]
     NotReady,
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
     #[error(transparent)]
     Batch(#[from] BatchError),
     #[error("tokenization failed: {0}")]
@@ -27,7 +30,9 @@ impl ServeError {
         match self {
             Self::InvalidArgument(_) | Self::Tokenize(_) => Code::InvalidArgument,
             Self::NotReady => Code::Unavailable,
-            Self::Batch(BatchError::QueueFull { .. }) => Code::ResourceExhausted,
+            Self::Overloaded(_) | Self::Batch(BatchError::QueueFull { .. }) => {
+                Code::ResourceExhausted
+            }
             Self::Batch(BatchError::DeadlineExceeded { .. }) | Self::DeadlineTokenizing(_) => {
                 Code::DeadlineExceeded
             }

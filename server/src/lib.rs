@@ -2,8 +2,10 @@
 //! telemetry and metrics. The batcher and the service see the model only through
 //! `crossbatch_model::Scorer`; `serve` is where the concrete model is loaded.
 
+pub mod admission;
 pub mod auth;
 pub mod batcher;
+pub mod connections;
 pub mod error;
 pub mod metrics;
 pub mod offline_bench;

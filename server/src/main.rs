@@ -415,7 +415,7 @@ fn run_serve(args: serve::ServeArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let _telemetry = telemetry::init(
             "crossbatch-server",
             args.otlp_endpoint.as_deref(),
@@ -426,7 +426,11 @@ fn run_serve(args: serve::ServeArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         serve::serve(args, listener, lifecycle::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Dropping the runtime would wait for a forward pass that never returns (after a
+    // drain timeout); the process exits instead.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {

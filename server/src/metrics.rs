@@ -55,6 +55,12 @@ pub struct Metrics {
     pub batch_tokens: Histogram,
     pub batch_padded_tokens: Histogram,
     queue_depth: Gauge,
+    admitted_pairs: Gauge,
+    open_connections: Gauge,
+    connections_refused: Counter,
+    pairs_scored: Counter,
+    /// Forward time of every batch, in ns: with `pairs_scored`, the measured speed.
+    inference_ns: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Metrics {
@@ -71,6 +77,11 @@ impl Default for Metrics {
             batch_tokens: h(&TOKENS),
             batch_padded_tokens: h(&TOKENS),
             queue_depth: Gauge::default(),
+            admitted_pairs: Gauge::default(),
+            open_connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            pairs_scored: Counter::default(),
+            inference_ns: Default::default(),
         };
         for outcome in OUTCOMES {
             let _ = m.requests.get_or_create(&OutcomeLabel { outcome });
@@ -121,6 +132,26 @@ impl Default for Metrics {
             "Pairs waiting in the queue",
             m.queue_depth.clone(),
         );
+        r.register(
+            "crossbatch_admitted_pairs",
+            "Pairs admitted and not yet answered (tokenizing, queued or running), against --max-queue-pairs",
+            m.admitted_pairs.clone(),
+        );
+        r.register(
+            "crossbatch_open_connections",
+            "Client connections open, against --max-connections",
+            m.open_connections.clone(),
+        );
+        r.register(
+            "crossbatch_connections_refused",
+            "Connections closed at accept for being over --max-connections",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "crossbatch_pairs_scored",
+            "Pairs that went through a successful forward pass",
+            m.pairs_scored.clone(),
+        );
         m
     }
 }
@@ -151,6 +182,25 @@ impl Metrics {
         self.queue_depth.set(pairs as i64);
     }
 
+    pub fn set_admitted_pairs(&self, pairs: usize) {
+        self.admitted_pairs.set(pairs as i64);
+    }
+
+    pub fn set_open_connections(&self, open: usize) {
+        self.open_connections.set(open as i64);
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// Forward time per pair over every successful batch so far (`None` before one).
+    pub fn seconds_per_pair(&self) -> Option<f64> {
+        let pairs = self.pairs_scored.get();
+        let ns = self.inference_ns.load(std::sync::atomic::Ordering::Relaxed);
+        (pairs > 0).then(|| ns as f64 * 1e-9 / pairs as f64)
+    }
+
     /// The text exposition (OpenMetrics, which Prometheus scrapes natively).
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -166,6 +216,13 @@ impl BatchObserver for Metrics {
         self.batch_pairs.observe(b.pairs as f64);
         self.batch_tokens.observe(b.real_tokens as f64);
         self.batch_padded_tokens.observe(b.padded_tokens as f64);
+        if b.ok {
+            self.pairs_scored.inc_by(b.pairs as u64);
+            self.inference_ns.fetch_add(
+                b.duration.as_nanos() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
     }
 }
 

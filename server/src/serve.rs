@@ -12,9 +12,10 @@ use crossbatch_proto::rejections::RejectLayer;
 use crossbatch_proto::v1::InfoResponse;
 use crossbatch_proto::v1::cross_encoder_server::CrossEncoderServer;
 use tokio::sync::OnceCell;
-use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::admission::{Admission, AdmissionGate};
 use crate::batcher::{BatchPolicy, Batcher, BatcherConfig, BatcherThread};
+use crate::connections::LimitedIncoming;
 use crate::metrics::Metrics;
 use crate::service::{Limits, Ready, ScoringService};
 use crossbatch_model::backend::{self, BackendChoice, Precision, SelectedDevice};
@@ -71,9 +72,24 @@ pub struct ServeArgs {
     /// Group waiting pairs of similar length into a batch (less padding).
     #[arg(long, env = "CROSSBATCH_GROUP_BY_LENGTH", default_value_t = true, action = clap::ArgAction::Set)]
     pub group_by_length: bool,
-    /// Pairs that may wait; beyond it calls get RESOURCE_EXHAUSTED at once.
+    /// Pairs admitted and not yet answered (being tokenized, waiting or in a forward
+    /// pass); a call that would pass it gets RESOURCE_EXHAUSTED at once, before any of
+    /// its work is done.
     #[arg(long, env = "CROSSBATCH_MAX_QUEUE_PAIRS", default_value_t = 4096)]
     pub max_queue_pairs: usize,
+    /// Open client connections at most; one past it is closed at once (its client
+    /// sees UNAVAILABLE) rather than left waiting.
+    #[arg(long, env = "CROSSBATCH_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams (calls) per connection (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// a client past it waits in its own HTTP/2 layer, not in the server's memory.
+    #[arg(long, env = "CROSSBATCH_MAX_CONCURRENT_STREAMS", default_value_t = 128)]
+    pub max_concurrent_streams: u32,
+    /// On shutdown, how long queued work may take to finish (e.g. 30s, 500ms); then
+    /// the calls still waiting get UNAVAILABLE and the process exits non-zero
+    /// [default: a full queue at the speed measured while serving, times 1.5, at least 10s].
+    #[arg(long, env = "CROSSBATCH_DRAIN_TIMEOUT", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
     /// Pairs per Score/Rerank call at most (more: INVALID_ARGUMENT).
     #[arg(long, env = "CROSSBATCH_MAX_CLIENT_BATCH", default_value_t = 1024)]
     pub max_client_batch: usize,
@@ -120,6 +136,26 @@ pub struct ServeArgs {
     pub api_key_file: Option<PathBuf>,
 }
 
+/// A duration as `500ms`, `30s`, `2m`, or a plain number of seconds (`1.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    Duration::try_from_secs_f64(v * scale)
+        .map_err(|_| format!("{s:?} is not a duration of zero or more (e.g. 30s, 500ms, 2m)"))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LayoutChoice {
     Auto,
@@ -141,6 +177,20 @@ pub enum StartError {
     Model(#[from] crossbatch_model::ModelError),
     #[error("gRPC server: {0}")]
     Transport(String),
+    #[error(
+        "drain timed out after {}: {queued} queued pairs were answered UNAVAILABLE{}",
+        fmt_secs(*waited),
+        if *hung { "; a forward pass was still running when the server gave up on it" } else { "" }
+    )]
+    DrainTimeout {
+        waited: Duration,
+        queued: usize,
+        hung: bool,
+    },
+}
+
+fn fmt_secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
 }
 
 impl ServeArgs {
@@ -186,6 +236,12 @@ impl ServeArgs {
         }
         if self.max_client_batch == 0 {
             return bad("--max-client-batch must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return bad("--max-connections must be at least 1".into());
+        }
+        if self.max_concurrent_streams == 0 {
+            return bad("--max-concurrent-streams must be at least 1".into());
         }
         if self.max_queue_pairs < self.max_client_batch {
             return bad(format!(
@@ -237,6 +293,8 @@ fn load(
         seconds = format!("{:.1}", warm.elapsed.as_secs_f64()),
         "warmed up"
     );
+    let warm_pairs: usize = warm.shapes.iter().map(|&(pairs, _)| pairs).sum();
+    let warm_seconds_per_pair = warm.elapsed.as_secs_f64() / warm_pairs.max(1) as f64;
     let policy = args.batch_policy.resolve(model.device().backend);
     let info = InfoResponse {
         model_id: src.id.clone(),
@@ -298,6 +356,7 @@ fn load(
             batcher,
             tokenizers: Arc::new(tokenizers),
             info,
+            warm_seconds_per_pair,
         },
         thread,
         device,
@@ -320,8 +379,42 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
     health.set_service_status("", status).await;
 }
 
+/// After the drain timeout has answered the queued calls UNAVAILABLE, how long their
+/// answers get to leave before the server stops regardless.
+const DRAIN_ANSWER_GRACE: Duration = Duration::from_secs(2);
+
+/// Resolves when the drain, once begun, has run past its limit: `--drain-timeout`, or a
+/// full queue at the measured speed (the served batches' own time per pair, else the
+/// warm-up's) times 1.5, at least 10 s. Returns how long it waited and the pairs
+/// then still queued.
+async fn drain_deadline(
+    draining: &mut tokio::sync::watch::Receiver<bool>,
+    flag: Option<Duration>,
+    ready: &OnceCell<Ready>,
+    metrics: &Metrics,
+) -> (Duration, usize) {
+    if draining.wait_for(|d| *d).await.is_err() {
+        // The server ended without a drain: nothing to time.
+        std::future::pending::<()>().await;
+    }
+    let limit = flag.unwrap_or_else(|| {
+        let per_pair = metrics
+            .seconds_per_pair()
+            .or_else(|| ready.get().map(|r| r.warm_seconds_per_pair))
+            .unwrap_or(0.0);
+        let full_queue = ready
+            .get()
+            .map_or(0, |r| r.batcher.config().max_queue_pairs) as f64;
+        Duration::from_secs_f64((full_queue * per_pair * 1.5).clamp(10.0, 3600.0))
+    });
+    tracing::info!(seconds = limit.as_secs_f64(), "drain limit");
+    tokio::time::sleep(limit).await;
+    let queued = ready.get().map_or(0, |r| r.batcher.queued_pairs());
+    (limit, queued)
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains: stop accepting,
-/// finish what is queued, return.
+/// finish what is queued (within the drain timeout), return.
 pub async fn serve(
     args: ServeArgs,
     listener: tokio::net::TcpListener,
@@ -330,6 +423,7 @@ pub async fn serve(
     args.validate()?;
     let ready: Arc<OnceCell<Ready>> = Arc::new(OnceCell::new());
     let metrics = Arc::new(Metrics::default());
+    let admission = Admission::new(args.max_queue_pairs);
     let svc = ScoringService::new(
         Arc::clone(&ready),
         Limits {
@@ -337,7 +431,17 @@ pub async fn serve(
             max_text_bytes: args.max_text_bytes,
         },
         Arc::clone(&metrics),
+        Arc::clone(&admission),
     );
+    let incoming = {
+        let metrics = Arc::clone(&metrics);
+        LimitedIncoming::new(
+            listener,
+            args.max_connections,
+            Arc::new(move || metrics.connection_refused()),
+        )
+    };
+    let open_connections = incoming.gauge();
     let metrics_task = match args.metrics_addr {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
@@ -346,10 +450,14 @@ pub async fn serve(
             tracing::info!(%addr, "Prometheus metrics at /metrics");
             let ready = Arc::clone(&ready);
             let m = Arc::clone(&metrics);
+            let admission = Arc::clone(&admission);
+            let open_connections = open_connections.clone();
             let refresh = Arc::new(move || {
                 if let Some(r) = ready.get() {
                     m.set_queue_depth(r.batcher.queued_pairs());
                 }
+                m.set_admitted_pairs(admission.in_flight());
+                m.set_open_connections(open_connections.open());
             });
             Some(tokio::spawn(crate::metrics::serve_http(
                 l,
@@ -378,27 +486,46 @@ pub async fn serve(
     if api_key.is_some() {
         tracing::info!("API key required on Score, Rerank and Info (health and reflection open)");
     }
+    // Inside the key check (a caller without a key learns nothing of the load), and
+    // before the body is read: a full server answers from the headers.
+    let gated = {
+        let metrics = Arc::clone(&metrics);
+        AdmissionGate::new(
+            CrossEncoderServer::new(svc).max_decoding_message_size(args.max_request_bytes()),
+            Arc::clone(&admission),
+            Arc::new(move || metrics.request_refused("resource_exhausted")),
+        )
+    };
     let api = tonic::service::interceptor::InterceptedService::new(
-        CrossEncoderServer::new(svc).max_decoding_message_size(args.max_request_bytes()),
+        gated,
         crate::auth::ApiKeyCheck::new(api_key),
     );
     let tls = args.tls()?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Turns true when the drain begins; the drain's clock starts there.
+    let (draining_tx, mut draining_rx) = tokio::sync::watch::channel(false);
     let shutdown_signal = {
         let health = health.clone();
         let mut stop_rx = stop_rx.clone();
+        let ready = Arc::clone(&ready);
         async move {
             tokio::select! {
                 _ = shutdown => {}
                 _ = stop_rx.changed() => {}
             }
             tracing::info!("shutting down: no new calls; finishing queued work");
+            let _ = draining_tx.send(true);
+            // What waits for a fuller batch would hold the drain for the batch timeout.
+            if let Some(r) = ready.get() {
+                r.batcher.flush();
+            }
             set_health(&health, false).await;
         }
     };
-    let addr = listener.local_addr().ok();
-    let mut builder = tonic::transport::Server::builder();
+    let addr = incoming.local_addr();
+    let mut builder =
+        tonic::transport::Server::builder().max_concurrent_streams(args.max_concurrent_streams);
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls)
@@ -418,16 +545,17 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(api)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal);
+        .serve_with_incoming_shutdown(incoming, shutdown_signal);
     tracing::info!(addr = ?addr, "listening (NOT_SERVING until the model is warm)");
 
     let args_sample_ms = args.sample_interval_ms;
     let loader = {
+        let metrics_for_batcher = Arc::clone(&metrics);
         let args = args.clone();
         let ready = Arc::clone(&ready);
         let health = health.clone();
         tokio::spawn(async move {
-            let loaded = tokio::task::spawn_blocking(move || load(&args, metrics))
+            let loaded = tokio::task::spawn_blocking(move || load(&args, metrics_for_batcher))
                 .await
                 .map_err(|e| StartError::Config(format!("model loader panicked: {e}")))??;
             let (r, thread, device) = loaded;
@@ -466,16 +594,37 @@ pub async fn serve(
             return Err(StartError::Config(format!("model loader failed: {e}")));
         }
     };
-    let result = server
-        .await
-        .map_err(|e| StartError::Transport(e.to_string()))
-        .and_then(|r| r.map_err(|e| StartError::Transport(e.to_string())));
-    if let Some(r) = ready.get() {
-        r.batcher.shutdown();
-    }
-    if let Some(t) = thread {
-        t.join().await;
-    }
+    let drained = async {
+        let result = server
+            .await
+            .map_err(|e| StartError::Transport(e.to_string()))
+            .and_then(|r| r.map_err(|e| StartError::Transport(e.to_string())));
+        if let Some(r) = ready.get() {
+            r.batcher.shutdown();
+        }
+        if let Some(t) = thread {
+            t.join().await;
+        }
+        result
+    };
+    tokio::pin!(drained);
+    let result = tokio::select! {
+        r = &mut drained => r,
+        (waited, queued) = drain_deadline(&mut draining_rx, args.drain_timeout, &ready, &metrics) => {
+            tracing::error!(
+                seconds = waited.as_secs_f64(),
+                queued,
+                "drain timed out: answering the calls still queued with UNAVAILABLE"
+            );
+            if let Some(r) = ready.get() {
+                r.batcher.abort("the server is shutting down: its drain timed out");
+            }
+            // Answered UNAVAILABLE, the waiting calls end and tonic closes; a forward
+            // pass that never returns is not waited for.
+            let hung = tokio::time::timeout(DRAIN_ANSWER_GRACE, &mut drained).await.is_err();
+            Err(StartError::DrainTimeout { waited, queued, hung })
+        }
+    };
     if let Some(s) = sampler {
         s.abort();
     }

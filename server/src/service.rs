@@ -2,12 +2,13 @@
 //! pool, the batcher, and the response with TEI-style timing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crossbatch_proto::v1::cross_encoder_server::CrossEncoder as CrossEncoderApi;
 use crossbatch_proto::v1::{
-    InfoRequest, InfoResponse, Rank, RerankRequest, RerankResponse, ScoreRequest, ScoreResponse,
-    Timing,
+    InfoRequest, InfoResponse, Pair, Rank, RerankRequest, RerankResponse, ScoreRequest,
+    ScoreResponse, Timing,
 };
 use tokio::sync::{OnceCell, oneshot};
 use tokio::time::Instant;
@@ -17,6 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::admission::{Admission, Admitted};
 use crate::batcher::{BatchError, BatchInfo, Batcher, Outcome, Pending, RequestHooks};
 use crate::error::ServeError;
 use crate::metrics::Metrics;
@@ -36,6 +38,8 @@ pub struct Ready {
     pub batcher: Batcher,
     pub tokenizers: Arc<rayon::ThreadPool>,
     pub info: InfoResponse,
+    /// The warm-up's forward time per pair: the speed estimate before any call ran.
+    pub warm_seconds_per_pair: f64,
 }
 
 #[derive(Clone)]
@@ -43,15 +47,86 @@ pub struct ScoringService {
     ready: Arc<OnceCell<Ready>>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
+}
+
+/// The texts of one call, moved out of the request and shared with the tokenizer job
+/// as they are: a Rerank query is held once (`shared_query`), not copied per passage.
+struct Texts {
+    shared_query: Option<String>,
+    pairs: Vec<Pair>,
+}
+
+impl Texts {
+    fn score(pairs: Vec<Pair>) -> Self {
+        Self {
+            shared_query: None,
+            pairs,
+        }
+    }
+
+    fn rerank(query: String, passages: Vec<String>) -> Self {
+        let pairs = passages
+            .into_iter()
+            .map(|passage| Pair {
+                query: String::new(),
+                passage,
+            })
+            .collect();
+        Self {
+            shared_query: Some(query),
+            pairs,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    fn get(&self, i: usize) -> (&str, &str) {
+        let pair = &self.pairs[i];
+        let query = self.shared_query.as_deref().unwrap_or(&pair.query);
+        (query, &pair.passage)
+    }
+}
+
+/// How a tokenizer job ended.
+enum Tokenized {
+    Done(Result<Vec<Encoded>, crossbatch_model::ModelError>),
+    /// The call's deadline passed before its last pair was tokenized.
+    PastDeadline,
+    /// The client went away; nobody waits for the rest.
+    Abandoned,
+}
+
+/// Tells the call's tokenizer job to stop when the call's handler ends, however it
+/// ends: answered, failed, or dropped by tonic because the client went away.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl ScoringService {
-    pub fn new(ready: Arc<OnceCell<Ready>>, limits: Limits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        ready: Arc<OnceCell<Ready>>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        admission: Arc<Admission>,
+    ) -> Self {
         Self {
             ready,
             limits,
             metrics,
+            admission,
         }
+    }
+
+    /// Admits `n` pairs or refuses the call now, before any of its work is done.
+    fn admit(&self, n: usize) -> Result<Admitted, ServeError> {
+        Ok(self.admission.try_admit(n)?)
     }
 
     fn ready(&self) -> Result<&Ready, ServeError> {
@@ -85,38 +160,67 @@ impl ScoringService {
         Ok(())
     }
 
-    /// Tokenizes, queues and waits for the logits of `pairs`.
+    /// Tokenizes, queues and waits for the logits of `texts`. The tokenizer job stops
+    /// between pairs once the call is abandoned or past its deadline.
     async fn run(
         &self,
-        pairs: Vec<(String, String)>,
+        texts: Arc<Texts>,
         deadline: Option<Instant>,
     ) -> Result<(Outcome, Duration), ServeError> {
         let ready = self.ready()?;
         let started = Instant::now();
         let model = Arc::clone(&ready.model);
         let (tx, rx) = oneshot::channel();
-        let tok_span = tracing::info_span!("tokenize", pairs = pairs.len());
+        let stop = Arc::new(AtomicBool::new(false));
+        let _stop_on_drop = StopOnDrop(Arc::clone(&stop));
+        let tok_span = tracing::info_span!("tokenize", pairs = texts.len());
+        // The pool's threads read the OS clock, not tokio's (which tests pause): the
+        // deadline goes to them as an OS-clock instant.
+        let os_deadline = deadline
+            .map(|d| std::time::Instant::now() + d.saturating_duration_since(Instant::now()));
         ready.tokenizers.spawn(move || {
             let _g = tok_span.enter();
-            let t = Instant::now();
+            let t = std::time::Instant::now();
             // A panic inside the tokenizer on some input fails this call, not the
             // process (rayon aborts on a panic that escapes a spawned job).
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                pairs
-                    .iter()
-                    .map(|(q, p)| model.encode(q, p))
-                    .collect::<Result<Vec<Encoded>, _>>()
+                let mut encoded = Vec::with_capacity(texts.len());
+                for i in 0..texts.len() {
+                    if stop.load(Ordering::Relaxed) {
+                        return Tokenized::Abandoned;
+                    }
+                    if os_deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                        return Tokenized::PastDeadline;
+                    }
+                    let (q, p) = texts.get(i);
+                    match model.encode(q, p) {
+                        Ok(e) => encoded.push(e),
+                        Err(e) => return Tokenized::Done(Err(e)),
+                    }
+                }
+                Tokenized::Done(Ok(encoded))
             }));
             let _ = tx.send((r, t.elapsed()));
         });
-        let (encoded, tok_time) = rx
+        let (tokenized, tok_time) = rx
             .await
             .map_err(|_| ServeError::Internal("tokenizer worker vanished".into()))?;
-        self.metrics
-            .tokenize_seconds
-            .observe(tok_time.as_secs_f64());
-        let encoded = match encoded {
-            Ok(r) => r.map_err(|e| ServeError::Tokenize(e.to_string()))?,
+        let encoded = match tokenized {
+            Ok(Tokenized::Done(r)) => {
+                self.metrics
+                    .tokenize_seconds
+                    .observe(tok_time.as_secs_f64());
+                r.map_err(|e| ServeError::Tokenize(e.to_string()))?
+            }
+            Ok(Tokenized::PastDeadline) => {
+                return Err(ServeError::DeadlineTokenizing(
+                    started.elapsed().as_millis() as u64,
+                ));
+            }
+            // Only a dropped handler sets `stop`, and then nobody reads this.
+            Ok(Tokenized::Abandoned) => {
+                return Err(ServeError::Internal("the call was abandoned".into()));
+            }
             Err(panic) => {
                 let why = crossbatch_model::panic_message(&*panic, "no message");
                 tracing::error!(reason = %why, "the tokenizer panicked; the call fails with INTERNAL");
@@ -363,12 +467,9 @@ impl ScoringService {
             self.check_text(&p.query, &format!("pairs[{i}].query"))?;
             self.check_text(&p.passage, &format!("pairs[{i}].passage"))?;
         }
-        let pairs = req
-            .pairs
-            .into_iter()
-            .map(|p| (p.query, p.passage))
-            .collect();
-        let (outcome, tok) = self.run(pairs, deadline).await?;
+        let _admitted = self.admit(req.pairs.len())?;
+        let texts = Arc::new(Texts::score(req.pairs));
+        let (outcome, tok) = self.run(texts, deadline).await?;
         let scores = outcome
             .logits
             .iter()
@@ -392,12 +493,9 @@ impl ScoringService {
         for (i, p) in req.passages.iter().enumerate() {
             self.check_text(p, &format!("passages[{i}]"))?;
         }
-        let pairs = req
-            .passages
-            .iter()
-            .map(|p| (req.query.clone(), p.clone()))
-            .collect();
-        let (outcome, tok) = self.run(pairs, deadline).await?;
+        let _admitted = self.admit(req.passages.len())?;
+        let texts = Arc::new(Texts::rerank(req.query, req.passages));
+        let (outcome, tok) = self.run(Arc::clone(&texts), deadline).await?;
         let mut ranks: Vec<Rank> = outcome
             .logits
             .iter()
@@ -405,7 +503,7 @@ impl ScoringService {
             .map(|(i, &l)| Rank {
                 index: i as u32,
                 score: if req.raw_scores { l } else { sigmoid(l) },
-                text: req.return_text.then(|| req.passages[i].clone()),
+                text: req.return_text.then(|| texts.pairs[i].passage.clone()),
             })
             .collect();
         // Stable: ties keep request order.

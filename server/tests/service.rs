@@ -2,21 +2,68 @@
 //! paused time: validation, codes, deadlines, ordering and a failing model, each in
 //! milliseconds.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crossbatch_model::{Encoded, Layout, Limits, ModelError, Scorer};
 use crossbatch_proto::v1::cross_encoder_server::CrossEncoder as Api;
 use crossbatch_proto::v1::{InfoRequest, InfoResponse, Pair, RerankRequest, ScoreRequest};
+use crossbatch_server::admission::Admission;
 use crossbatch_server::batcher::{BatchPolicy, Batcher, BatcherConfig};
 use crossbatch_server::metrics::Metrics;
 use crossbatch_server::service::{Limits as CallLimits, Ready, ScoringService};
 use tokio::sync::OnceCell;
 use tonic::{Code, Request};
 
-/// Scores a pair by its passage's length in bytes; a passage "boom" fails its batch and
-/// "tokenizer panic" panics in `encode`.
-struct LengthScorer;
+/// Scores a pair by its passage's length in bytes; a passage "boom" fails its batch,
+/// "tokenizer panic" panics in `encode`, "gate" blocks the tokenizer until the test
+/// opens the gate, "slow" tokenizes for 150 ms, and "counted" counts its tokenization.
+struct LengthScorer {
+    gate: Arc<Gate>,
+}
+
+/// Lets a test hold the (one) tokenizer thread inside `encode` and see that it is there.
+#[derive(Default)]
+struct Gate {
+    /// Tokenizations of "gate" begun.
+    entered: Mutex<usize>,
+    entered_cv: Condvar,
+    open: Mutex<bool>,
+    open_cv: Condvar,
+    /// Tokenizations of "counted".
+    counted: AtomicUsize,
+}
+
+impl Gate {
+    /// Blocks the calling (tokenizer) thread until the gate opens.
+    fn pass(&self) {
+        *self.entered.lock().expect("lock") += 1;
+        self.entered_cv.notify_all();
+        let mut open = self.open.lock().expect("lock");
+        while !*open {
+            open = self.open_cv.wait(open).expect("lock");
+        }
+    }
+
+    /// Waits (off the async runtime) until `n` tokenizations have entered the gate.
+    async fn wait_entered(self: &Arc<Self>, n: usize) {
+        let gate = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let mut entered = gate.entered.lock().expect("lock");
+            while *entered < n {
+                entered = gate.entered_cv.wait(entered).expect("lock");
+            }
+        })
+        .await
+        .expect("waiter");
+    }
+
+    fn open(&self) {
+        *self.open.lock().expect("lock") = true;
+        self.open_cv.notify_all();
+    }
+}
 
 impl Scorer for LengthScorer {
     fn layout(&self) -> Layout {
@@ -29,8 +76,16 @@ impl Scorer for LengthScorer {
         }
     }
     fn encode(&self, query: &str, passage: &str) -> Result<Encoded, ModelError> {
-        if passage == "tokenizer panic" {
-            panic!("fake tokenizer told to panic");
+        match passage {
+            "tokenizer panic" => panic!("fake tokenizer told to panic"),
+            "gate" => self.gate.pass(),
+            // Only "at least 150 ms" matters: a slower machine takes longer, and the
+            // deadline it is set against has passed either way.
+            "slow" => std::thread::sleep(Duration::from_millis(150)),
+            "counted" => {
+                self.gate.counted.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {}
         }
         let len = 3 + query.len().min(100) + passage.len().min(400);
         let mut ids = vec![1; len];
@@ -61,10 +116,20 @@ fn service_with(ready: bool, batch_timeout: Duration) -> ScoringService {
 }
 
 fn service_and_metrics(ready: bool, batch_timeout: Duration) -> (ScoringService, Arc<Metrics>) {
+    let (svc, metrics, _gate) = harness(ready, batch_timeout);
+    (svc, metrics)
+}
+
+/// The service over the fake scorer (queue and admission capacity 16 pairs, 10 per
+/// call, one tokenizer thread), its metrics and the scorer's gate.
+fn harness(ready: bool, batch_timeout: Duration) -> (ScoringService, Arc<Metrics>, Arc<Gate>) {
     let cell = Arc::new(OnceCell::new());
     let metrics = Arc::new(Metrics::default());
+    let gate = Arc::new(Gate::default());
     if ready {
-        let model: Arc<dyn Scorer> = Arc::new(LengthScorer);
+        let model: Arc<dyn Scorer> = Arc::new(LengthScorer {
+            gate: Arc::clone(&gate),
+        });
         let (batcher, _thread) = Batcher::start(
             Arc::clone(&model),
             BatcherConfig {
@@ -89,6 +154,7 @@ fn service_and_metrics(ready: bool, batch_timeout: Duration) -> (ScoringService,
                 model_id: "fake".into(),
                 ..Default::default()
             },
+            warm_seconds_per_pair: 0.0,
         });
     }
     let svc = ScoringService::new(
@@ -98,8 +164,9 @@ fn service_and_metrics(ready: bool, batch_timeout: Duration) -> (ScoringService,
             max_text_bytes: 50,
         },
         metrics.clone(),
+        Admission::new(16),
     );
-    (svc, metrics)
+    (svc, metrics, gate)
 }
 
 fn pairs(passages: &[&str]) -> Vec<Pair> {
@@ -218,43 +285,141 @@ async fn codes_for_a_loading_server_a_deadline_and_a_failing_model() {
     req.metadata_mut()
         .insert("grpc-timeout", "100m".parse().expect("ascii"));
     svc.score(req).await.expect("within its deadline");
-    // 10 ms: the call's deadline (less a safety margin) comes before the batch closes.
+    // 10 ms: the call's deadline (less a safety margin) comes before the batch closes,
+    // so it expires in the queue, with nothing scored.
     let mut req = score(&["a"]);
     req.metadata_mut()
         .insert("grpc-timeout", "10m".parse().expect("ascii"));
     let err = svc.score(req).await.expect_err("too short");
     assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(
+        err.message().contains("in the queue") && err.message().contains("no pair"),
+        "{}",
+        err.message()
+    );
 }
 
-// Real time here: under paused time the clock would jump while the tokenizer pool (not
-// a tokio thread) works, and the first call's batch could close before the second
-// call arrives. A 10 s batch timeout keeps the first call queued instead.
+// Real time: the deadline must pass while the tokenizer (an OS thread, 150 ms on
+// "slow") works; only "at least" matters, so no machine is too fast or too slow for it.
 #[tokio::test]
-async fn a_call_that_would_overflow_the_queue_is_refused_at_once() {
-    let svc = service_with(true, Duration::from_secs(10));
+async fn a_deadline_that_passes_while_tokenizing_stops_the_tokenizer() {
+    let (svc, _metrics, gate) = harness(true, Duration::from_millis(20));
+    let mut req = score(&["slow", "counted", "counted"]);
+    req.metadata_mut()
+        .insert("grpc-timeout", "50m".parse().expect("ascii"));
+    let err = svc.score(req).await.expect_err("past its deadline");
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(
+        err.message().contains("while tokenizing"),
+        "{}",
+        err.message()
+    );
+    // The single tokenizer thread runs jobs in order: once this call is tokenized, the
+    // one before it has finished, and it never reached its "counted" pairs.
+    svc.score(score(&["a"])).await.expect("ok");
+    assert_eq!(
+        gate.counted.load(Ordering::SeqCst),
+        0,
+        "tokenized past its deadline"
+    );
+}
+
+#[tokio::test]
+async fn an_abandoned_call_stops_tokenizing_and_frees_its_admission() {
+    let (svc, metrics, gate) = harness(true, Duration::from_millis(20));
+    let call = tokio::spawn({
+        let svc = svc.clone();
+        async move {
+            let mut passages = vec!["gate"];
+            passages.extend(["counted"; 9]);
+            svc.score(score(&passages)).await
+        }
+    });
+    gate.wait_entered(1).await;
+    // The client goes away while its first pair is in the tokenizer.
+    call.abort();
+    let _ = call.await;
+    gate.open();
+    // Ten more pairs fit the capacity of 16 only once the abandoned call's ten have
+    // been released.
+    let r = svc
+        .score(score(&["a"; 10]))
+        .await
+        .expect("admitted after the abandoned call left");
+    assert_eq!(r.get_ref().scores.len(), 10);
+    assert_eq!(
+        gate.counted.load(Ordering::SeqCst),
+        0,
+        "tokenized for nobody"
+    );
+    assert!(
+        metrics
+            .render()
+            .lines()
+            .any(|l| l == "crossbatch_requests_total{outcome=\"cancelled\"} 1")
+    );
+}
+
+// Admission counts the pairs still being tokenized: with the first call's 7 held in
+// the tokenizer (none queued yet), a call of 10 would pass the capacity of 16 and is
+// refused before any of its work, whatever the clock says.
+#[tokio::test]
+async fn a_call_that_would_overflow_capacity_is_refused_before_tokenizing() {
+    let (svc, _metrics, gate) = harness(true, Duration::from_millis(20));
     let first = tokio::spawn({
         let svc = svc.clone();
-        async move { svc.score(score(&["x"; 7])).await }
-    });
-    // The queue holds 16 pairs; wait until the first call's 7 are in it (under the max
-    // batch of 8, so they wait for the timeout).
-    let t = std::time::Instant::now();
-    loop {
-        let info = svc.info(Request::new(InfoRequest {})).await.expect("info");
-        if info.get_ref().queued_pairs == 7 {
-            break;
+        async move {
+            svc.score(score(&["gate", "x", "x", "x", "x", "x", "x"]))
+                .await
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "first call never queued"
-        );
-        tokio::task::yield_now().await;
-    }
-    let t = std::time::Instant::now();
-    let err = svc.score(score(&["y"; 10])).await.expect_err("no room");
+    });
+    gate.wait_entered(1).await;
+    let info = svc.info(Request::new(InfoRequest {})).await.expect("info");
+    assert_eq!(
+        info.get_ref().queued_pairs,
+        0,
+        "still tokenizing, not queued"
+    );
+    let err = svc
+        .score(score(&["counted"; 10]))
+        .await
+        .expect_err("no room");
     assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
-    assert!(t.elapsed() < Duration::from_secs(1), "refused at once");
-    first.abort();
+    assert!(
+        err.message().contains("7 pairs in flight"),
+        "{}",
+        err.message()
+    );
+    // A call that fits is admitted while the first is still held.
+    let fits = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.score(score(&["y"; 9])).await }
+    });
+    gate.open();
+    assert_eq!(
+        first
+            .await
+            .expect("task")
+            .expect("ok")
+            .get_ref()
+            .scores
+            .len(),
+        7
+    );
+    assert_eq!(
+        fits.await
+            .expect("task")
+            .expect("ok")
+            .get_ref()
+            .scores
+            .len(),
+        9
+    );
+    assert_eq!(
+        gate.counted.load(Ordering::SeqCst),
+        0,
+        "the refused call was never tokenized"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -90,15 +90,41 @@ impl Server {
         }
     }
 
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_result().await.expect("server exits cleanly");
+    }
+
+    /// Asks the server to stop and returns how its drain ended.
+    pub async fn stop_result(mut self) -> Result<(), crossbatch_server::serve::StartError> {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        let r = tokio::time::timeout(Duration::from_secs(60), &mut self.task)
+        tokio::time::timeout(Duration::from_secs(120), &mut self.task)
             .await
-            .expect("server stops within 60 s")
-            .expect("server task");
-        r.expect("server exits cleanly");
+            .expect("server stops within 120 s")
+            .expect("server task")
+    }
+}
+
+/// Polls `Info` until `done` holds for it, and returns it. The limit only turns a
+/// hang into a failure; no test depends on how fast the state arrives.
+pub async fn wait_info(
+    client: &mut CrossEncoderClient<Channel>,
+    what: &str,
+    done: impl Fn(&crossbatch_proto::v1::InfoResponse) -> bool,
+) -> crossbatch_proto::v1::InfoResponse {
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let info = client
+            .info(crossbatch_proto::v1::InfoRequest {})
+            .await
+            .expect("info")
+            .into_inner();
+        if done(&info) {
+            return info;
+        }
+        assert!(Instant::now() < until, "never saw: {what} (last {info:?})");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
