@@ -108,6 +108,37 @@ function table(headers, rows) {
   return t;
 }
 
+// The server replicas: one row each; with several, the driver × replica matrix of
+// calls; and the drivers' retries and ejections. Keys of calls_by_driver are driver
+// ids (a peer's strings): read as own properties only.
+function serversSection(s) {
+  const rows = s.servers || [];
+  if (rows.length === 0) return [];
+  const name = (v) => (v ? v : "-");
+  const own = (m, k) => (m && Object.prototype.hasOwnProperty.call(m, k) ? m[k] : 0);
+  const state = (r) => (r.lost ? "lost at " + fmt(r.lost_at_s, 1) + " s" : r.instance ? "up" : "-");
+  const out = [
+    el("h2", {}, ["Servers"]),
+    table(
+      ["Server", "State", "Calls", "Pairs ok", "Share", "P50 (ms)", "P95 (ms)", "Queue P50 (ms)", "Inference P50 (ms)", "Batches", "Pairs/batch"],
+      rows.map((r) => [
+        name(r.instance), state(r), r.calls, r.pairs_ok, fmt(r.share * 100, 1) + " %",
+        fmt(r.latency_p50_ms), fmt(r.latency_p95_ms), fmt(r.queue_p50_ms), fmt(r.inference_p50_ms), r.batches, fmt(r.pairs_per_batch, 1),
+      ]),
+    ),
+  ];
+  if (rows.length > 1) {
+    const drivers = [...new Set(rows.flatMap((r) => Object.keys(r.calls_by_driver || {})))].sort();
+    out.push(el("h3", {}, ["Calls by driver and replica"]));
+    out.push(table(["Driver", ...rows.map((r) => name(r.instance))], drivers.map((d) => [d, ...rows.map((r) => own(r.calls_by_driver, d))])));
+  }
+  const t = s.totals || {};
+  if (rows.length > 1 || t.retries || t.ejections) {
+    out.push(el("p", { class: "progress", id: "retries" }, [`Retries: ${t.retries || 0} · ejections: ${t.ejections || 0}`]));
+  }
+  return out;
+}
+
 function known(v) {
   return Boolean(v) && !String(v).startsWith("unknown");
 }
@@ -215,6 +246,7 @@ function render(s) {
           d.driver_id, d.host, d.state, d.steps_done + (d.steps_planned ? " / " + d.steps_planned : ""), d.calls, d.pairs_ok, d.errors,
         ]),
       ),
+      ...serversSection(s),
     ]),
   );
   if (s.report) main.append(el("p", { class: "progress" }, ["Report: " + s.report]));

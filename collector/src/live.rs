@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::compare::Pcts;
 use crate::report::{DashboardRow, DriverRow, Report, SeriesRow};
+use crate::servers::{ServerRow, Totals};
 use crate::stats::Dist;
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,6 +71,10 @@ pub struct Snapshot {
     pub series_interval_s: f64,
     pub series: Vec<SeriesRow>,
     pub drivers: Vec<DriverRow>,
+    /// One row per server replica; lost ones by the report's rule, so far.
+    pub servers: Vec<ServerRow>,
+    /// Calls, retries and ejections over every driver.
+    pub totals: Totals,
     /// The report's markdown, once written.
     pub report: Option<String>,
 }
@@ -91,6 +96,8 @@ impl Snapshot {
             series_interval_s: 1.0,
             series: Vec::new(),
             drivers: Vec::new(),
+            servers: Vec::new(),
+            totals: Totals::default(),
             report: None,
         }
     }
@@ -201,6 +208,8 @@ pub fn snapshot(r: &Report, running: bool, report_path: Option<String>) -> Snaps
         series_interval_s: r.series_interval_s,
         series: r.series.clone(),
         drivers,
+        servers: r.servers.clone(),
+        totals: r.totals.clone(),
         report: report_path,
     }
 }

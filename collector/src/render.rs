@@ -378,6 +378,8 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
     }
     let _ = writeln!(w);
 
+    crate::render_servers::section(w, r);
+
     let n = &r.notes;
     let _ = writeln!(w, "## Notes\n");
     let _ = writeln!(

@@ -139,6 +139,10 @@ pub struct Report {
     pub series_interval_s: f64,
     pub series: Vec<SeriesRow>,
     pub drivers: Vec<DriverRow>,
+    /// One row per server replica (`servers`).
+    pub servers: Vec<crate::servers::ServerRow>,
+    /// The run's counts over every driver, retries and ejections included.
+    pub totals: crate::servers::Totals,
     pub notes: Notes,
     /// The joined per-call records (JSON only).
     pub calls: Vec<CallRecord>,
@@ -596,6 +600,8 @@ pub fn build(d: &RunData, meta: &Meta) -> Report {
         series_interval_s: interval,
         series: rows,
         drivers: drivers(d),
+        servers: crate::servers::rows(d),
+        totals: crate::servers::totals(d),
         notes: Notes {
             spans_received: d.counters.spans,
             unknown_spans: d.counters.unknown_spans,

@@ -1,20 +1,27 @@
 //! What the collector keeps: spans joined by trace id into one record per call,
-//! batches (deduplicated by batch id), the drivers' completion records and the
-//! server's resource samples. Bounded: past `max_records` kept items, new ones are
-//! dropped and counted. Unknown spans and metrics are counted and ignored; malformed
+//! batches (deduplicated by replica and batch id), the drivers' completion records and
+//! the server's resource samples. Each server span belongs to the replica named by its
+//! resource's `service.instance.id` ("" when none): batch ids restart at 0 in every
+//! server process, so only (replica, batch id) names one forward pass. Bounded: past
+//! `max_records` kept items, new ones are dropped and counted. Unknown spans and metrics are counted and ignored; malformed
 //! ones (bad ids, missing fields) are counted, never trusted.
+
+mod attr;
+mod records;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 
 use crossbatch_proto::StatusCode;
 use crossbatch_proto::attrs as a;
 use crossbatch_proto::records::StepRecord;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
-use opentelemetry_proto::tonic::metrics::v1::{NumberDataPoint, metric::Data, number_data_point};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde::Serialize;
+
+use attr::{bool_attr, duration_ms, f64_attr, int_attr, str_attr, uint_attr};
 
 /// The driver's side of one call (`client.score`).
 #[derive(Debug, Clone, Serialize)]
@@ -35,14 +42,29 @@ pub struct ClientPart {
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     pub intended_unix_ns: u64,
+    /// The replica that gave the final answer, as the driver heard it (its
+    /// `crossbatch-instance` header; "" when none answered). Absent from drivers that
+    /// do not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_instance: Option<String>,
+    /// The address of the call's last attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Attempts the call took (1: no retry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<usize>,
 }
 
-/// The server's side of one call: its RPC span and children.
+/// The server's side of one call on one replica: its RPC span and children.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ServerPart {
+    /// The replica (`service.instance.id` of the server's resource; "" if unnamed).
+    pub instance: String,
     /// Seen the RPC span itself (children can arrive without it, for a while).
     pub rpc: bool,
     pub status: Option<StatusCode>,
+    /// The RPC span's duration: the call as the server timed it.
+    pub rpc_ms: Option<f64>,
     pub tokenize_ms: Option<f64>,
     pub queue_ms: Option<f64>,
     pub inference_ms: Option<f64>,
@@ -59,14 +81,24 @@ pub struct ServerPart {
 #[derive(Debug, Clone, Serialize)]
 pub struct CallRecord {
     pub trace_id: String,
+    /// The replica the call counts under: the instance of the server spans that
+    /// answered it, else the one the driver named; "" when neither says.
+    pub instance: String,
     #[serde(flatten)]
     pub client: ClientPart,
+    /// The answering replica's spans.
     pub server: Option<ServerPart>,
+    /// Spans of this call from other replicas: attempts that failed there and were
+    /// retried elsewhere.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_servers: Vec<ServerPart>,
 }
 
 /// One forward pass, from its `inference` spans.
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchRecord {
+    /// The replica that ran it ("" if unnamed): batch ids are per replica.
+    pub instance: String,
     pub id: i64,
     pub start_unix_ns: u64,
     pub inference_ms: f64,
@@ -103,6 +135,9 @@ pub struct RunDone {
     pub pairs_sent: usize,
     pub pairs_ok: usize,
     pub interrupted: bool,
+    /// Attempts retried on another endpoint, and endpoints taken out of rotation.
+    pub retries: usize,
+    pub ejections: usize,
     pub model: String,
     pub stand_in: bool,
     pub backend: String,
@@ -140,7 +175,58 @@ pub struct Counters {
 #[derive(Debug, Default)]
 struct Partial {
     client: Option<ClientPart>,
-    server: Option<ServerPart>,
+    /// One per replica that sent spans of this trace (usually one).
+    servers: Vec<ServerPart>,
+}
+
+/// Replicas one call's spans may come from: a retried call visits a few; more is a
+/// peer making up instance names, and their spans are dropped.
+const MAX_REPLICAS_PER_CALL: usize = 8;
+
+impl Partial {
+    /// The part of replica `instance`, made on first use; `None` past
+    /// [`MAX_REPLICAS_PER_CALL`].
+    fn server(&mut self, instance: &str) -> Option<&mut ServerPart> {
+        let i = match self.servers.iter().position(|s| s.instance == instance) {
+            Some(i) => i,
+            None if self.servers.len() >= MAX_REPLICAS_PER_CALL => return None,
+            None => {
+                self.servers.push(ServerPart {
+                    instance: instance.to_string(),
+                    ..Default::default()
+                });
+                self.servers.len() - 1
+            }
+        };
+        self.servers.get_mut(i)
+    }
+
+    fn has_rpc(&self) -> bool {
+        self.servers.iter().any(|s| s.rpc)
+    }
+}
+
+/// Splits a call's server parts into the answering replica's and the others'. The
+/// answer is the part of the replica the driver named, else (the driver named none, or
+/// the server names no replicas) the part that answered OK, else one with its RPC span.
+fn answering(
+    named: Option<&str>,
+    mut parts: Vec<ServerPart>,
+) -> (Option<ServerPart>, Vec<ServerPart>) {
+    let named = named.filter(|n| !n.is_empty());
+    let pick = match named {
+        Some(n) => parts
+            .iter()
+            .position(|p| p.instance == n)
+            .or_else(|| parts.iter().position(|p| p.instance.is_empty())),
+        None => parts
+            .iter()
+            .position(|p| p.rpc && p.status.is_some_and(|s| s.is_ok()))
+            .or_else(|| parts.iter().position(|p| p.rpc))
+            .or_else(|| (!parts.is_empty()).then_some(0)),
+    };
+    let chosen = pick.map(|i| parts.remove(i));
+    (chosen, parts)
 }
 
 /// Everything kept, bounded by `max_records` (calls + batches + metric points).
@@ -148,7 +234,8 @@ struct Partial {
 pub struct Store {
     max_records: usize,
     traces: HashMap<[u8; 16], Partial>,
-    batches: HashMap<i64, BatchRecord>,
+    /// By (replica, batch id).
+    batches: HashMap<(String, i64), BatchRecord>,
     pub steps: Vec<StepDone>,
     pub runs: Vec<RunDone>,
     pub metrics: Vec<MetricPoint>,
@@ -170,55 +257,6 @@ pub struct RunData {
     pub orphan_server_calls: usize,
     /// The run's window: first call start to last completion, ns since the epoch.
     pub window_unix_ns: (u64, u64),
-}
-
-fn value(kvs: &[KeyValue], key: &str) -> Option<Value> {
-    kvs.iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v: &AnyValue| v.value.clone())
-}
-
-fn str_attr(kvs: &[KeyValue], key: &str) -> Option<String> {
-    match value(kvs, key)? {
-        Value::StringValue(s) => Some(s),
-        _ => None,
-    }
-}
-
-fn int_attr(kvs: &[KeyValue], key: &str) -> Option<i64> {
-    match value(kvs, key)? {
-        Value::IntValue(i) => Some(i),
-        Value::DoubleValue(d) if d.is_finite() => Some(d as i64),
-        Value::StringValue(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-fn uint_attr(kvs: &[KeyValue], key: &str) -> Option<usize> {
-    int_attr(kvs, key).and_then(|i| usize::try_from(i).ok())
-}
-
-fn f64_attr(kvs: &[KeyValue], key: &str) -> Option<f64> {
-    match value(kvs, key)? {
-        Value::DoubleValue(d) => Some(d),
-        Value::IntValue(i) => Some(i as f64),
-        Value::StringValue(s) => s.parse().ok(),
-        _ => None,
-    }
-    .filter(|x| x.is_finite())
-}
-
-fn bool_attr(kvs: &[KeyValue], key: &str) -> Option<bool> {
-    match value(kvs, key)? {
-        Value::BoolValue(b) => Some(b),
-        _ => None,
-    }
-}
-
-fn duration_ms(s: &Span) -> Option<f64> {
-    (s.end_time_unix_nano >= s.start_time_unix_nano && s.start_time_unix_nano > 0)
-        .then(|| (s.end_time_unix_nano - s.start_time_unix_nano) as f64 / 1e6)
 }
 
 /// The status of a server RPC span under either semantic-convention generation.
@@ -277,10 +315,11 @@ impl Store {
                 .as_ref()
                 .map(|r| r.attributes.as_slice())
                 .unwrap_or(&[]);
+            let instance = str_attr(resource, a::SERVICE_INSTANCE_ID).unwrap_or_default();
             for ss in &rs.scope_spans {
                 for span in &ss.spans {
                     self.counters.spans += 1;
-                    self.ingest_span(span, resource);
+                    self.ingest_span(span, resource, &instance);
                 }
             }
         }
@@ -294,7 +333,8 @@ impl Store {
         Some(self.traces.entry(trace).or_default())
     }
 
-    fn ingest_span(&mut self, s: &Span, resource: &[KeyValue]) {
+    /// One span; `instance` names the replica of a server span.
+    fn ingest_span(&mut self, s: &Span, resource: &[KeyValue], instance: &str) {
         let Ok(trace) = <[u8; 16]>::try_from(s.trace_id.as_slice()) else {
             self.counters.malformed_spans += 1;
             return;
@@ -322,6 +362,9 @@ impl Store {
                         intended_unix_ns: int_attr(at, a::INTENDED_START)
                             .and_then(|v| u64::try_from(v).ok())
                             .unwrap_or(s.start_time_unix_nano),
+                        server_instance: str_attr(at, a::SERVER_INSTANCE),
+                        endpoint: str_attr(at, a::ENDPOINT),
+                        attempts: uint_attr(at, a::ATTEMPTS),
                     })
                 })();
                 match part {
@@ -341,10 +384,13 @@ impl Store {
                     return;
                 };
                 if s.name == "inference" {
-                    self.ingest_batch(s, ms);
+                    self.ingest_batch(s, ms, instance);
                 }
                 let Some(t) = self.partial(trace) else { return };
-                let server = t.server.get_or_insert_with(ServerPart::default);
+                let Some(server) = t.server(instance) else {
+                    self.counters.dropped += 1;
+                    return;
+                };
                 let add = |slot: &mut Option<f64>| *slot = Some(slot.unwrap_or(0.0) + ms);
                 match s.name.as_str() {
                     "tokenize" => add(&mut server.tokenize_ms),
@@ -367,21 +413,26 @@ impl Store {
             _ if is_server_rpc(s) => {
                 let status = server_status(at);
                 let Some(t) = self.partial(trace) else { return };
-                let server = t.server.get_or_insert_with(ServerPart::default);
+                let Some(server) = t.server(instance) else {
+                    self.counters.dropped += 1;
+                    return;
+                };
                 server.rpc = true;
                 server.status = status;
+                server.rpc_ms = duration_ms(s);
             }
             _ => self.counters.unknown_spans += 1,
         }
     }
 
-    fn ingest_batch(&mut self, s: &Span, ms: f64) {
+    fn ingest_batch(&mut self, s: &Span, ms: f64, instance: &str) {
         let at = &s.attributes;
         let Some(id) = int_attr(at, "batch.id") else {
             self.counters.malformed_spans += 1;
             return;
         };
-        if self.batches.contains_key(&id) {
+        let key = (instance.to_string(), id);
+        if self.batches.contains_key(&key) {
             return;
         }
         if self.full() {
@@ -396,8 +447,9 @@ impl Store {
             0.0
         });
         self.batches.insert(
-            id,
+            key,
             BatchRecord {
+                instance: instance.to_string(),
                 id,
                 start_unix_ns: s.start_time_unix_nano,
                 inference_ms: ms,
@@ -407,117 +459,6 @@ impl Store {
                 padding_waste_pct: waste * 100.0,
             },
         );
-    }
-
-    fn ingest_step(&mut self, s: &Span) {
-        let at = &s.attributes;
-        let rec = (|| {
-            Some(StepDone {
-                run_id: str_attr(at, a::RUN_ID)?,
-                driver_id: str_attr(at, a::DRIVER_ID)?,
-                host: str_attr(at, a::HOST).unwrap_or_default(),
-                record: StepRecord {
-                    step: uint_attr(at, a::STEP)?,
-                    batch: uint_attr(at, a::BATCH)?,
-                    concurrency: uint_attr(at, a::CONCURRENCY)?,
-                    mode: str_attr(at, a::MODE).unwrap_or_else(|| "closed".into()),
-                    calls_sent: uint_attr(at, a::CALLS_SENT)?,
-                    calls_ok: uint_attr(at, a::CALLS_OK)?,
-                    calls_failed: uint_attr(at, a::CALLS_FAILED).unwrap_or(0),
-                    pairs_sent: uint_attr(at, a::PAIRS_SENT)?,
-                    pairs_ok: uint_attr(at, a::PAIRS_OK)?,
-                    warmup_calls: uint_attr(at, a::WARMUP_CALLS).unwrap_or(0),
-                    late_calls: uint_attr(at, a::LATE_CALLS).unwrap_or(0),
-                    wall_s: f64_attr(at, a::WALL_S)?,
-                    interrupted: bool_attr(at, a::INTERRUPTED).unwrap_or(false),
-                },
-                start_unix_ns: s.start_time_unix_nano,
-                end_unix_ns: s.end_time_unix_nano,
-            })
-        })();
-        match rec {
-            Some(r) => {
-                // A re-sent record replaces the earlier one.
-                self.steps.retain(|o| {
-                    !(o.run_id == r.run_id
-                        && o.driver_id == r.driver_id
-                        && o.record.step == r.record.step)
-                });
-                self.steps.push(r);
-            }
-            None => self.counters.malformed_spans += 1,
-        }
-    }
-
-    fn ingest_run(&mut self, s: &Span) {
-        let at = &s.attributes;
-        let rec = (|| {
-            Some(RunDone {
-                run_id: str_attr(at, a::RUN_ID)?,
-                driver_id: str_attr(at, a::DRIVER_ID)?,
-                host: str_attr(at, a::HOST).unwrap_or_default(),
-                steps_planned: uint_attr(at, a::STEPS_PLANNED)?,
-                steps_done: uint_attr(at, a::STEPS_DONE)?,
-                calls_sent: uint_attr(at, a::CALLS_SENT)?,
-                calls_ok: uint_attr(at, a::CALLS_OK)?,
-                calls_failed: uint_attr(at, a::CALLS_FAILED).unwrap_or(0),
-                pairs_sent: uint_attr(at, a::PAIRS_SENT)?,
-                pairs_ok: uint_attr(at, a::PAIRS_OK)?,
-                interrupted: bool_attr(at, a::INTERRUPTED).unwrap_or(false),
-                model: str_attr(at, a::SERVER_MODEL).unwrap_or_default(),
-                stand_in: bool_attr(at, a::SERVER_STANDIN).unwrap_or(false),
-                backend: str_attr(at, a::SERVER_BACKEND).unwrap_or_default(),
-                device: str_attr(at, a::SERVER_DEVICE).unwrap_or_default(),
-                max_batch: int_attr(at, a::SERVER_MAX_BATCH).unwrap_or(0).max(0) as u64,
-                batch_timeout_ms: int_attr(at, a::SERVER_TIMEOUT_MS).unwrap_or(0).max(0) as u64,
-                batch_policy: str_attr(at, a::SERVER_POLICY).unwrap_or_default(),
-                start_unix_ns: s.start_time_unix_nano,
-                end_unix_ns: s.end_time_unix_nano,
-            })
-        })();
-        match rec {
-            Some(r) => {
-                self.runs
-                    .retain(|o| !(o.run_id == r.run_id && o.driver_id == r.driver_id));
-                self.runs.push(r);
-            }
-            None => self.counters.malformed_spans += 1,
-        }
-    }
-
-    pub fn ingest_metrics(&mut self, req: &ExportMetricsServiceRequest) {
-        for rm in &req.resource_metrics {
-            for sm in &rm.scope_metrics {
-                for m in &sm.metrics {
-                    let points: &[NumberDataPoint] = match &m.data {
-                        Some(Data::Gauge(g)) => &g.data_points,
-                        Some(Data::Sum(s)) => &s.data_points,
-                        _ => &[],
-                    };
-                    for p in points {
-                        self.counters.metric_points += 1;
-                        let v = match p.value {
-                            Some(number_data_point::Value::AsDouble(d)) => d,
-                            Some(number_data_point::Value::AsInt(i)) => i as f64,
-                            None => continue,
-                        };
-                        if !v.is_finite() || p.time_unix_nano == 0 {
-                            continue;
-                        }
-                        if self.full() {
-                            self.counters.dropped += 1;
-                            continue;
-                        }
-                        self.metrics.push(MetricPoint {
-                            name: m.name.clone(),
-                            kind: str_attr(&p.attributes, "memory.kind"),
-                            unix_ns: p.time_unix_nano,
-                            value: v,
-                        });
-                    }
-                }
-            }
-        }
     }
 
     /// Run ids seen in client spans or completion records.
@@ -557,7 +498,7 @@ impl Store {
                 && !c.warmup
             {
                 have += 1;
-                if c.status.is_ok() && !p.server.as_ref().is_some_and(|s| s.rpc) {
+                if c.status.is_ok() && !p.has_rpc() {
                     unjoined += 1;
                 }
             }
@@ -577,15 +518,25 @@ impl Store {
             }
             lo = lo.min(c.start_unix_ns);
             hi = hi.max(c.end_unix_ns);
-            if let Some(s) = &p.server
-                && !c.warmup
-            {
-                batch_ids.extend(s.batch_ids.iter().copied());
+            if !c.warmup {
+                for s in &p.servers {
+                    batch_ids.extend(s.batch_ids.iter().map(|&b| (s.instance.clone(), b)));
+                }
             }
+            let (server, other_servers) =
+                answering(c.server_instance.as_deref(), p.servers.clone());
+            let instance = server
+                .as_ref()
+                .map(|s| s.instance.clone())
+                .filter(|i| !i.is_empty())
+                .or_else(|| c.server_instance.clone())
+                .unwrap_or_default();
             calls.push(CallRecord {
                 trace_id: hex(id),
+                instance,
                 client: c.clone(),
-                server: p.server.clone(),
+                server,
+                other_servers,
             });
         }
         calls.sort_by_key(|c| (c.client.step, c.client.start_unix_ns));
@@ -602,15 +553,15 @@ impl Store {
         let orphan_server_calls = self
             .traces
             .values()
-            .filter(|p| p.client.is_none())
-            .filter_map(|p| p.server.as_ref())
-            .filter(|s| s.rpc)
+            .filter(|p| p.client.is_none() && p.has_rpc())
             .count();
         let mut batches: Vec<BatchRecord> = batch_ids
             .iter()
             .filter_map(|id| self.batches.get(id).cloned())
             .collect();
-        batches.sort_by_key(|b| b.start_unix_ns);
+        batches.sort_by(|a, b| {
+            (a.start_unix_ns, &a.instance, a.id).cmp(&(b.start_unix_ns, &b.instance, b.id))
+        });
         // Resource samples in the run's window (one sample interval of margin).
         let margin = 1_000_000_000;
         let metrics = self

@@ -154,10 +154,19 @@ async fn tls_with_a_key_serves_only_trusting_clients_that_send_it() {
     )
     .await
     .expect_err("plaintext refused");
-    // Refused at the transport (a broken pipe or a failed connect), never reaching
-    // the key check.
+    // Refused at the transport, never reaching the key check: a broken pipe or a
+    // failed connect, or the server's TLS alert read as a malformed HTTP/2 frame
+    // (hyper's GOAWAY FRAME_SIZE_ERROR, which tonic reports as INTERNAL); which of
+    // these the client sees depends on how the bytes interleave.
     assert!(
-        matches!(plain.code(), Code::Unavailable | Code::Unknown),
+        matches!(
+            plain.code(),
+            Code::Unavailable | Code::Unknown | Code::Internal
+        ),
+        "{plain}"
+    );
+    assert!(
+        plain.code() != Code::Internal || plain.message().contains("h2 protocol error"),
         "{plain}"
     );
     // TLS without trusting the collector's CA: the handshake fails.

@@ -1,6 +1,6 @@
 //! Nothing a peer sends becomes markup. Every string a peer chooses (run id, driver
-//! id, host, model, backend, device, policy; and the report's title, description and
-//! partial note) is set to hostile values — script tags, `onerror=`, `<svg onload>`,
+//! id, host, model, backend, device, policy, a server replica's instance id; and the
+//! report's title, description and partial note) is set to hostile values — script tags, `onerror=`, `<svg onload>`,
 //! backticks, pipes, newlines, a 10 kB string — and the report must hold exactly the
 //! elements and attributes it holds with benign values, its markdown tables must keep
 //! their shape, and each value must read back as the text it was.
@@ -14,8 +14,9 @@ use crossbatch_collector::report::{Meta, Report, build};
 use crossbatch_collector::serve::{CollectConfig, serve};
 use crossbatch_collector::store::Store;
 use crossbatch_collector::{compare_render, html, live, render, svg};
+use crossbatch_proto::attrs as a;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use otlp::{Peer, export, whole_run};
+use otlp::{Peer, answered_by, export_resources, replica, served, unnamed, whole_run};
 use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 
 fn hostile_values() -> Vec<String> {
@@ -30,10 +31,23 @@ fn hostile_values() -> Vec<String> {
     ]
 }
 
-/// The report of one run whose peer strings are `p`, named `name`.
+/// The report of one run whose peer strings are `p`, named `name`: calls 1–2
+/// answered by replica `p.instance`, 3–4 by `replica-b` (so the Servers section has
+/// its driver × replica matrix), each replica's spans under its resource's instance id.
 fn report(p: &Peer, name: &str) -> Report {
     let mut store = Store::new(1_000_000);
-    store.ingest_traces(&export(whole_run(p, 4)));
+    let mut spans = whole_run(p, 4);
+    for s in spans
+        .iter_mut()
+        .filter(|s| s.name == a::CLIENT_SPAN && s.trace_id[0] >= 3)
+    {
+        answered_by(s, "replica-b");
+    }
+    store.ingest_traces(&export_resources(vec![
+        unnamed(spans),
+        replica(&p.instance, [served(1, 0, 2), served(2, 1, 2)].concat()),
+        replica("replica-b", [served(3, 0, 2), served(4, 1, 2)].concat()),
+    ]));
     let data = store.run_data(&p.run_id);
     assert_eq!(data.calls.len(), 4, "the spans were read");
     build(
@@ -293,6 +307,18 @@ fn hostile_values_in_every_field_add_no_markup_and_keep_the_tables() {
             driver_row.iter().filter(|c| **c == shown).count() >= 2,
             "driver id and host in their own cells: {value:?}"
         );
+        // The instance id: its Servers row, and its column of the matrix.
+        let servers = out
+            .md
+            .split_once("## Servers")
+            .and_then(|(_, s)| s.split_once("## Notes"))
+            .map(|(s, _)| s)
+            .expect("a Servers section");
+        assert_eq!(
+            cells(servers).iter().filter(|c| **c == shown).count(),
+            3,
+            "instance row and matrix column, driver row: {value:?}"
+        );
         // Model, backend, device and policy, each in its own cell, for both runs.
         let compare_cells = cells(&out.compare_md);
         assert!(
@@ -315,6 +341,17 @@ fn the_live_snapshot_embeds_hostile_values_as_json_text() {
         // renders it as text nodes only (no innerHTML anywhere).
         let back: serde_json::Value = serde_json::from_str(&json).expect("json");
         assert_eq!(back["drivers"][0]["driver_id"], value.as_str());
+        let servers = back["servers"].as_array().expect("servers");
+        assert!(
+            servers.iter().any(|s| s["instance"] == value.as_str()),
+            "{value:?}"
+        );
+        assert!(
+            servers
+                .iter()
+                .any(|s| s["calls_by_driver"][value.as_str()] == 2),
+            "{value:?}"
+        );
     }
     let js = crossbatch_collector::dashboard::SCRIPT;
     for sink in [
@@ -349,12 +386,17 @@ async fn a_hostile_driver_id_over_otlp_adds_no_script_to_the_html_report() {
     let peer = Peer {
         driver_id: "<script>alert(2)</script>".into(),
         host: "<img src=x onerror=alert(3)>".into(),
+        instance: "<svg onload=alert(5)>".into(),
         ..Peer::benign()
     };
+    let served_all = (1..=4).flat_map(|n| served(n, i64::from(n), 2)).collect();
     TraceServiceClient::connect(url)
         .await
         .expect("connect")
-        .export(export(whole_run(&peer, 4)))
+        .export(export_resources(vec![
+            unnamed(whole_run(&peer, 4)),
+            replica(&peer.instance, served_all),
+        ]))
         .await
         .expect("export accepted");
     let paths = tokio::time::timeout(std::time::Duration::from_secs(60), task)
@@ -379,4 +421,12 @@ async fn a_hostile_driver_id_over_otlp_adds_no_script_to_the_html_report() {
     );
     let md = std::fs::read_to_string(&paths[0]).expect("md");
     assert!(md.contains(r"| \<script\>alert(2)\</script\> | \<img src=x onerror=alert(3)\> |"));
+    assert!(
+        md.contains(r"| \<svg onload=alert(5)\> | 4 | 8 | 100.0% |"),
+        "{md}"
+    );
+    assert!(
+        html.contains("&lt;svg onload=alert(5)&gt;"),
+        "the instance shown as text"
+    );
 }

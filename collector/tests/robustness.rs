@@ -2,6 +2,8 @@
 //! that are not protobuf, a client that disconnects mid-stream, more data than its
 //! memory cap, and a stop before the run finished (a partial report).
 
+mod otlp;
+
 use std::time::Duration;
 
 use crossbatch_collector::serve::{CollectConfig, serve};
@@ -9,28 +11,12 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric, number_data_point,
 };
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use otlp::{i, kv, s};
 use tokio::io::AsyncWriteExt;
-
-fn kv(key: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
-
-fn s(v: &str) -> any_value::Value {
-    any_value::Value::StringValue(v.into())
-}
-
-fn i(v: i64) -> any_value::Value {
-    any_value::Value::IntValue(v)
-}
 
 /// A well-formed `client.score` span of run `r1`, trace id `n`.
 fn client_span(n: u8, latency_us: i64) -> Span {

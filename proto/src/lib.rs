@@ -119,6 +119,13 @@ pub mod attrs {
     /// The driver's latency in µs: from the intended start (open loop) or from sending.
     pub const LATENCY_US: &str = "bench.latency_us";
     pub const MODE: &str = "bench.mode";
+    /// The replica that gave the call's final answer (its `crossbatch-instance` header;
+    /// empty when none answered).
+    pub const SERVER_INSTANCE: &str = "server.instance";
+    /// The address (ip:port) of the call's final attempt.
+    pub const ENDPOINT: &str = "bench.endpoint";
+    /// Attempts the call took (1: no retry).
+    pub const ATTEMPTS: &str = "bench.attempts";
 
     // Completion records (`bench.step`, `bench.run`).
     pub const CALLS_SENT: &str = "bench.calls_sent";
@@ -132,6 +139,12 @@ pub mod attrs {
     pub const INTERRUPTED: &str = "bench.interrupted";
     pub const STEPS_PLANNED: &str = "bench.steps_planned";
     pub const STEPS_DONE: &str = "bench.steps_done";
+    /// Attempts retried on another endpoint.
+    pub const RETRIES: &str = "bench.retries";
+    /// Endpoints taken out of rotation.
+    pub const EJECTIONS: &str = "bench.ejections";
+    /// Per endpoint figures: one JSON array of [`crate::records::EndpointRecord`].
+    pub const ENDPOINTS: &str = "bench.endpoints";
 
     // What the server said about itself (`Info`), on `bench.run`.
     pub const SERVER_MODEL: &str = "server.model";
@@ -142,6 +155,11 @@ pub mod attrs {
     pub const SERVER_TIMEOUT_MS: &str = "server.batch_timeout_ms";
     pub const SERVER_POLICY: &str = "server.batch_policy";
     pub const SERVER_VERSION: &str = "server.version";
+
+    /// The response header that names the replica which answered.
+    pub const INSTANCE_HEADER: &str = "crossbatch-instance";
+    /// The OpenTelemetry resource attribute that names a server replica.
+    pub const SERVICE_INSTANCE_ID: &str = "service.instance.id";
 }
 
 #[cfg(test)]

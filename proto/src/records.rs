@@ -3,6 +3,8 @@
 //! wire it is the attributes of a `bench.step` span (keys in [`crate::attrs`]); the
 //! collector keeps it, with who sent it and when, and writes it into its JSON.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// One config's completion record: counts of the measured calls (warm-up apart).
@@ -28,6 +30,38 @@ pub struct StepRecord {
     pub wall_s: f64,
     /// Stopped before its planned end.
     pub interrupted: bool,
+    /// Attempts that failed on one endpoint and were retried on another.
+    #[serde(default)]
+    pub retries: usize,
+    /// Times an endpoint was taken out of rotation.
+    #[serde(default)]
+    pub ejections: usize,
+    /// Per endpoint the driver used in this step (on the wire: one JSON attribute).
+    #[serde(default)]
+    pub endpoints: Vec<EndpointRecord>,
+}
+
+/// One endpoint's share of a step, as the driver that balanced over it saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    /// The address as dialled ("ip:port", or the URL's authority).
+    pub endpoint: String,
+    /// The last `crossbatch-instance` header seen from it ("" if none).
+    pub instance: String,
+    /// Measured calls whose final answer came from here.
+    pub calls_ok: usize,
+    /// Attempts here that failed (retried or not).
+    pub attempts_failed: usize,
+    /// Attempts here that failed and were retried elsewhere.
+    pub retries: usize,
+    /// Times it was taken out of rotation.
+    pub ejections: usize,
+    /// Failed attempts here by status name ("UNAVAILABLE": 3).
+    pub codes: BTreeMap<String, usize>,
+    /// Out of rotation when the step ended.
+    pub ejected_at_end: bool,
+    /// When its last OK answer arrived, ns since the Unix epoch (0: never).
+    pub last_ok_unix_nano: u64,
 }
 
 impl StepRecord {

@@ -19,8 +19,6 @@ pub enum ServeError {
     Tokenize(String),
     #[error("internal error: {0}")]
     Internal(String),
-    #[error("{0}")]
-    Unauthenticated(&'static str),
     #[error("deadline exceeded after {0} ms, while tokenizing (no pair of the call had run)")]
     DeadlineTokenizing(u64),
 }
@@ -38,7 +36,6 @@ impl ServeError {
             }
             Self::Batch(BatchError::ShuttingDown | BatchError::Unavailable(_)) => Code::Unavailable,
             Self::Batch(BatchError::Inference(_)) | Self::Internal(_) => Code::Internal,
-            Self::Unauthenticated(_) => Code::Unauthenticated,
         }
     }
 }

@@ -3,10 +3,10 @@
 //! `crossbatch_model::Scorer`; `serve` is where the concrete model is loaded.
 
 pub mod admission;
-pub mod auth;
 pub mod batcher;
 pub mod connections;
 pub mod error;
+pub mod instance;
 pub mod metrics;
 pub mod offline_bench;
 pub mod resources;

@@ -416,8 +416,9 @@ fn run_serve(args: serve::ServeArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let result = rt.block_on(async move {
-        let _telemetry = telemetry::init(
+        let _telemetry = telemetry::init_instance(
             "crossbatch-server",
+            Some(args.instance().as_str()),
             args.otlp_endpoint.as_deref(),
             std::time::Duration::from_millis(args.sample_interval_ms),
         )?;
@@ -438,16 +439,9 @@ fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
     if pairs.is_empty() {
         bail!("{} holds no pairs", args.input.display());
     }
-    // The same pairs as the driver library's workload, for the served load.
-    let workload = std::sync::Arc::new(
-        pairs
-            .iter()
-            .map(|p| crossbatch_driver::workload::Pair {
-                query: p.query.clone(),
-                passage: p.passage.clone(),
-            })
-            .collect::<Vec<_>>(),
-    );
+    // One `Pair` type (crossbatch_proto::pairs): the offline bench and the served load
+    // share the same vector.
+    let workload = std::sync::Arc::clone(&pairs);
     let model_dir = source::resolve(&args.model, &args.revision)?.dir;
     // Offline forward at the batch sizes a server forms, to compare each served row with
     // the offline figure at the batch size it actually ran.

@@ -16,6 +16,7 @@ use tokio::sync::OnceCell;
 use crate::admission::{Admission, AdmissionGate};
 use crate::batcher::{BatchPolicy, Batcher, BatcherConfig, BatcherThread};
 use crate::connections::LimitedIncoming;
+use crate::instance::{InstanceHeaderLayer, InstanceId};
 use crate::metrics::Metrics;
 use crate::service::{Limits, Ready, ScoringService};
 use crossbatch_model::backend::{self, BackendChoice, Precision, SelectedDevice};
@@ -134,6 +135,10 @@ pub struct ServeArgs {
     /// Read the API key from the first line of this file.
     #[arg(long, env = "CROSSBATCH_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
+    /// This replica's name, in its spans' resource (`service.instance.id`), `Info` and
+    /// a `crossbatch-instance` header on every response [default: the host name].
+    #[arg(long, env = "CROSSBATCH_INSTANCE_ID", value_parser = InstanceId::parse)]
+    pub instance_id: Option<InstanceId>,
 }
 
 /// A duration as `500ms`, `30s`, `2m`, or a plain number of seconds (`1.5`).
@@ -194,6 +199,13 @@ fn fmt_secs(d: Duration) -> String {
 }
 
 impl ServeArgs {
+    /// --instance-id, or the host name.
+    pub fn instance(&self) -> InstanceId {
+        self.instance_id
+            .clone()
+            .unwrap_or_else(InstanceId::from_host)
+    }
+
     /// The API key from --api-key or --api-key-file, if any.
     fn api_key(&self) -> Result<Option<Secret>, StartError> {
         resolve_key(self.api_key.as_ref(), self.api_key_file.as_deref()).map_err(StartError::Config)
@@ -311,6 +323,7 @@ fn load(
         version: env!("CARGO_PKG_VERSION").into(),
         queued_pairs: 0,
         batches_run: 0,
+        instance_id: args.instance().to_string(),
     };
     tracing::info!(
         model = %info.model_id,
@@ -498,7 +511,7 @@ pub async fn serve(
     };
     let api = tonic::service::interceptor::InterceptedService::new(
         gated,
-        crate::auth::ApiKeyCheck::new(api_key),
+        crossbatch_proto::key_check::KeyCheck::new(api_key),
     );
     let tls = args.tls()?;
 
@@ -539,7 +552,10 @@ pub async fn serve(
         let metrics = Arc::clone(&metrics);
         RejectLayer::new(Arc::new(move |outcome| metrics.request_refused(outcome)))
     };
+    let instance = args.instance();
+    tracing::info!(instance = %instance, "replica name (crossbatch-instance header, Info, spans)");
     let server = builder
+        .layer(InstanceHeaderLayer::new(&instance))
         .layer(refused)
         .add_service(health_svc)
         .add_service(reflection)

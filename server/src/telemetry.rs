@@ -73,6 +73,17 @@ pub fn init(
     endpoint: Option<&str>,
     export_interval: Duration,
 ) -> Result<Telemetry, TelemetryError> {
+    init_instance(service, None, endpoint, export_interval)
+}
+
+/// As [`init`], naming this replica in the resource (`service.instance.id`) so that
+/// the collector tells several servers' spans apart.
+pub fn init_instance(
+    service: &str,
+    instance: Option<&str>,
+    endpoint: Option<&str>,
+    export_interval: Duration,
+) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let Some(endpoint) = endpoint else {
@@ -90,9 +101,14 @@ pub fn init(
         endpoint: endpoint.to_string(),
         message: e.to_string(),
     };
-    let resource = Resource::builder()
-        .with_service_name(service.to_string())
-        .build();
+    let mut resource = Resource::builder().with_service_name(service.to_string());
+    if let Some(instance) = instance {
+        resource = resource.with_attribute(opentelemetry::KeyValue::new(
+            crossbatch_proto::attrs::SERVICE_INSTANCE_ID,
+            instance.to_string(),
+        ));
+    }
+    let resource = resource.build();
     // The collector's API key and CA (https://), from the environment.
     let access =
         crossbatch_proto::collector_access::CollectorAccess::from_env().map_err(|e| err(&e))?;

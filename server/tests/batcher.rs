@@ -622,28 +622,27 @@ fn one_pair_batches(policy: BatchPolicy) -> BatcherConfig {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn max_batch_one_does_not_starve_a_call_that_had_a_batch_eager() {
-    let (took, held) =
-        old_call_under_fresh_load(one_pair_batches(BatchPolicy::Eager), 4, 4, 4).await;
+/// A 4-pair call that runs one pair per batch under fresh load: its last pair has 3
+/// ahead, so it must finish within 2 * 3 + 1 batches.
+async fn four_pair_call_within_the_bound(c: BatcherConfig, old_len: usize, new_len: usize) {
+    let (took, held) = old_call_under_fresh_load(c, 4, old_len, new_len).await;
     assert_eq!(held, 4);
     assert!(took <= 7, "took {took} batches: over 2 * 3 + 1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_batch_one_does_not_starve_a_call_that_had_a_batch_eager() {
+    four_pair_call_within_the_bound(one_pair_batches(BatchPolicy::Eager), 4, 4).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn max_batch_one_does_not_starve_a_call_that_had_a_batch_deadline() {
-    let (took, held) =
-        old_call_under_fresh_load(one_pair_batches(BatchPolicy::Deadline), 4, 4, 4).await;
-    assert_eq!(held, 4);
-    assert!(took <= 7, "took {took} batches: over 2 * 3 + 1");
+    four_pair_call_within_the_bound(one_pair_batches(BatchPolicy::Deadline), 4, 4).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn max_batch_one_does_not_starve_a_call_that_had_a_batch_none() {
-    let (took, held) =
-        old_call_under_fresh_load(one_pair_batches(BatchPolicy::None), 4, 4, 4).await;
-    assert_eq!(held, 4);
-    assert!(took <= 7, "took {took} batches: over 2 * 3 + 1");
+    four_pair_call_within_the_bound(one_pair_batches(BatchPolicy::None), 4, 4).await;
 }
 
 /// A budget of 100 tokens (packed: a batch costs the sum of its lengths) holds one
@@ -658,26 +657,17 @@ fn one_pair_budget(policy: BatchPolicy, group_by_length: bool) -> BatcherConfig 
 
 #[tokio::test(start_paused = true)]
 async fn a_token_budget_too_small_for_two_does_not_starve_a_call_eager() {
-    let (took, held) =
-        old_call_under_fresh_load(one_pair_budget(BatchPolicy::Eager, false), 4, 60, 60).await;
-    assert_eq!(held, 4);
-    assert!(took <= 7, "took {took} batches: over 2 * 3 + 1");
+    four_pair_call_within_the_bound(one_pair_budget(BatchPolicy::Eager, false), 60, 60).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_token_budget_too_small_for_two_does_not_starve_a_call_deadline() {
-    let (took, held) =
-        old_call_under_fresh_load(one_pair_budget(BatchPolicy::Deadline, false), 4, 60, 60).await;
-    assert_eq!(held, 4);
-    assert!(took <= 7, "took {took} batches: over 2 * 3 + 1");
+    four_pair_call_within_the_bound(one_pair_budget(BatchPolicy::Deadline, false), 60, 60).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_token_budget_too_small_for_two_does_not_starve_a_call_grouped() {
-    let (took, held) =
-        old_call_under_fresh_load(one_pair_budget(BatchPolicy::Eager, true), 4, 60, 60).await;
-    assert_eq!(held, 4);
-    assert!(took <= 7, "took {took} batches: over 2 * 3 + 1");
+    four_pair_call_within_the_bound(one_pair_budget(BatchPolicy::Eager, true), 60, 60).await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,76 +4,15 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{Process, Server};
 use crossbatch_proto::v1::cross_encoder_client::CrossEncoderClient;
 use crossbatch_proto::v1::{InfoRequest, Pair, ScoreRequest, ScoreResponse};
 use crossbatch_server::serve::StartError;
 use tonic::Code;
 use tonic::codegen::http;
 use tonic::transport::Channel;
-
-/// The server binary on loopback, killed when dropped.
-struct Process {
-    child: Child,
-    url: String,
-    metrics: String,
-}
-
-impl Process {
-    fn start(extra: &[&str]) -> Self {
-        let dir = crossbatch_model::standin::ensure_default().expect("offline stand-in");
-        let addr = common::free_addr();
-        let metrics = common::free_addr();
-        let child = Command::new(env!("CARGO_BIN_EXE_crossbatch-server"))
-            .args(["serve", "--backend", "cpu", "--tokenizer-workers", "1"])
-            .arg("--model")
-            .arg(&dir)
-            .args(["--listen", &addr, "--metrics-addr", &metrics])
-            .args(extra)
-            .stdout(Stdio::null())
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("server binary");
-        Self {
-            child,
-            url: format!("http://{addr}"),
-            metrics,
-        }
-    }
-
-    /// `(current, peak)` resident memory in bytes, from the kernel's own accounting.
-    fn rss(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("/proc status");
-        let kib = |key: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("{key} in /proc status"))
-        };
-        (kib("VmRSS:") * 1024, kib("VmHWM:") * 1024)
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        let body = common::scrape(&self.metrics).await;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing in\n{body}"))
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn connect(url: &str) -> Channel {
     let until = Instant::now() + Duration::from_secs(120);

@@ -387,3 +387,41 @@ async fn malformed_and_oversize_requests_get_invalid_argument_and_are_counted() 
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_names_the_replica_refusals_included() {
+    let server = Server::start(&["--instance-id", "replica-7", "--api-key", "k3y"]).await;
+    let mut client = server.client().await;
+    let named = |md: &tonic::metadata::MetadataMap| {
+        md.get(crossbatch_proto::attrs::INSTANCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+
+    let key = Secret::new("k3y").unwrap();
+    let mut info = tonic::Request::new(InfoRequest {});
+    authorize(&mut info, Some(&key));
+    let info = client.info(info).await.expect("Info");
+    assert_eq!(named(info.metadata()).as_deref(), Some("replica-7"));
+    assert_eq!(info.into_inner().instance_id, "replica-7");
+
+    let mut score = tonic::Request::new(score_request());
+    authorize(&mut score, Some(&key));
+    let ok = client.score(score).await.expect("scored");
+    assert_eq!(named(ok.metadata()).as_deref(), Some("replica-7"));
+
+    // Refused before any handler (no key): still named.
+    let refused = client.score(score_request()).await.expect_err("no key");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(named(refused.metadata()).as_deref(), Some("replica-7"));
+
+    // A name that cannot go in a header is refused on the command line, with why.
+    let e = <crossbatch_server::serve::ServeArgs as clap::Parser>::try_parse_from([
+        "serve",
+        "--instance-id",
+        "two words",
+    ])
+    .expect_err("refused");
+    assert!(e.to_string().contains("--instance-id"), "{e}");
+    server.stop().await;
+}

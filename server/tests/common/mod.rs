@@ -2,6 +2,7 @@
 //! listening on loopback, stopped cleanly at the end.
 #![allow(dead_code)]
 
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -161,4 +162,64 @@ pub async fn start_error(extra: &[&str]) -> crossbatch_server::serve::StartError
     .await
     .expect("fails, not hangs")
     .expect_err("must not start")
+}
+
+/// The server binary on loopback, killed when dropped.
+pub struct Process {
+    pub child: Child,
+    pub url: String,
+    pub metrics: String,
+}
+
+impl Process {
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = crossbatch_model::standin::ensure_default().expect("offline stand-in");
+        let addr = free_addr();
+        let metrics = free_addr();
+        let child = Command::new(env!("CARGO_BIN_EXE_crossbatch-server"))
+            .args(["serve", "--backend", "cpu", "--tokenizer-workers", "1"])
+            .arg("--model")
+            .arg(&dir)
+            .args(["--listen", &addr, "--metrics-addr", &metrics])
+            .args(extra)
+            .stdout(Stdio::null())
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("server binary");
+        Self {
+            child,
+            url: format!("http://{addr}"),
+            metrics,
+        }
+    }
+
+    /// `(current, peak)` resident memory in bytes, from the kernel's own accounting.
+    pub fn rss(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc status");
+        let kib = |key: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{key} in /proc status"))
+        };
+        (kib("VmRSS:") * 1024, kib("VmHWM:") * 1024)
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let body = scrape(&self.metrics).await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in\n{body}"))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
