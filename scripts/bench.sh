@@ -11,6 +11,10 @@
 #   WORKLOAD=<jsonl|tsv|synthetic>   default: ../shared/reference/bench-800.jsonl if present
 #   REPORTS=reports  WARMUP=0 (calls per config left out of the figures)
 #   DASHBOARD=127.0.0.1:<free port>  the live page's address (DASHBOARD=off: none)
+#   SERVERS=1                        server processes (replica-0 …), each on its own port
+#   BALANCE=p2c                      the driver's policy over them: p2c, round-robin, pinned
+#   KILL_SERVER_AFTER=S              SIGKILL replica-1 (replica-0 when SERVERS=1) S seconds
+#                                    into the driver's run: failover, as a crash would
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +29,17 @@ BATCH_TIMEOUT_MS=${BATCH_TIMEOUT_MS:-20}
 POLICY=${POLICY:-auto}
 REPORTS=${REPORTS:-reports}
 WARMUP=${WARMUP:-0}
+SERVERS=${SERVERS:-1}
+BALANCE=${BALANCE:-p2c}
+KILL_SERVER_AFTER=${KILL_SERVER_AFTER:-}
+if ! [[ "$SERVERS" =~ ^[1-9][0-9]?$ ]]; then
+    echo "error: SERVERS=$SERVERS: give 1 to 99 server processes" >&2
+    exit 2
+fi
+if [[ -n "$KILL_SERVER_AFTER" ]] && ! [[ "$KILL_SERVER_AFTER" =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
+    echo "error: KILL_SERVER_AFTER=$KILL_SERVER_AFTER is not a number of seconds" >&2
+    exit 2
+fi
 if [[ -z "${WORKLOAD:-}" ]]; then
     if [[ -f ../shared/reference/bench-800.jsonl ]]; then
         WORKLOAD=../shared/reference/bench-800.jsonl
@@ -48,7 +63,10 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 COLLECTOR=127.0.0.1:$(free_port)
-SERVER=127.0.0.1:$(free_port)
+servers=()
+for _ in $(seq 1 "$SERVERS"); do
+    servers+=("127.0.0.1:$(free_port)")
+done
 DASHBOARD=${DASHBOARD:-127.0.0.1:$(free_port)}
 dashboard_flags=()
 if [[ "$DASHBOARD" != off ]]; then
@@ -78,20 +96,54 @@ trap 'exit 130' INT TERM
 collector_pid=$!
 pids+=("$collector_pid")
 
-"$BIN/crossbatch-server" serve --model "$MODEL" --backend "$BACKEND" --listen "$SERVER" \
-    --dtype "$DTYPE" --max-batch "$MAX_BATCH" --max-batch-tokens "$MAX_BATCH_TOKENS" --batch-timeout-ms "$BATCH_TIMEOUT_MS" --batch-policy "$POLICY" \
-    --otlp-endpoint "http://$COLLECTOR" 2>"$logs/server.log" &
-pids+=("$!")
+server_pids=()
+targets=()
+for i in "${!servers[@]}"; do
+    log="$logs/server.log"
+    if [[ "$SERVERS" -gt 1 ]]; then
+        log="$logs/server-$i.log"
+    fi
+    "$BIN/crossbatch-server" serve --model "$MODEL" --backend "$BACKEND" --listen "${servers[$i]}" \
+        --instance-id "replica-$i" \
+        --dtype "$DTYPE" --max-batch "$MAX_BATCH" --max-batch-tokens "$MAX_BATCH_TOKENS" --batch-timeout-ms "$BATCH_TIMEOUT_MS" --batch-policy "$POLICY" \
+        --otlp-endpoint "http://$COLLECTOR" 2>"$log" &
+    pids+=("$!")
+    server_pids+=("$!")
+    targets+=("http://${servers[$i]}")
+done
+target_list=$(IFS=,; echo "${targets[*]}")
 
-echo "bench: collector $COLLECTOR, server $SERVER ($BACKEND, $DTYPE), sweep batch=$batch conc=$conc pairs=$pairs, workload $WORKLOAD" >&2
+echo "bench: collector $COLLECTOR, $SERVERS server(s) ${servers[*]} ($BACKEND, $DTYPE, $BALANCE), sweep batch=$batch conc=$conc pairs=$pairs, workload $WORKLOAD" >&2
 if [[ "$DASHBOARD" != off ]]; then
     echo "bench: live dashboard at http://$DASHBOARD/ (the run's HTML report is written beside the markdown at the end)" >&2
 fi
 driver_rc=0
-"$BIN/crossbatch-driver" run --target "http://$SERVER" --batch "$batch" --concurrency "$conc" \
+"$BIN/crossbatch-driver" run --target "$target_list" --balance "$BALANCE" --batch "$batch" --concurrency "$conc" \
     --pairs "$pairs" --warmup "$WARMUP" --workload "$WORKLOAD" --run-id "$run_id" \
     --driver-id "driver-0" --connect-timeout 600 --otlp-endpoint "http://$COLLECTOR" \
-    --samples-out "$logs/samples.jsonl" || driver_rc=$?
+    --samples-out "$logs/samples.jsonl" 2> >(tee "$logs/driver.log" >&2) &
+driver_pid=$!
+pids+=("$driver_pid")
+if [[ -n "$KILL_SERVER_AFTER" ]]; then
+    victim=$(( SERVERS > 1 ? 1 : 0 ))
+    (
+        # The clock starts when the driver logs that its run began (after the servers
+        # warmed up), so S seconds means S seconds of load.
+        for _ in $(seq 1 6000); do
+            grep -q " started: " "$logs/driver.log" 2>/dev/null && break
+            kill -0 "$driver_pid" 2>/dev/null || exit 0
+            sleep 0.1
+        done
+        sleep "$KILL_SERVER_AFTER"
+        kill -0 "$driver_pid" 2>/dev/null || exit 0
+        echo "bench: SIGKILL replica-$victim (pid ${server_pids[$victim]}) ${KILL_SERVER_AFTER}s into the run" >&2
+        kill -KILL "${server_pids[$victim]}" 2>/dev/null || true
+        # When, for figures split before/during/after (scripts/bench-replicas.sh).
+        echo "replica-$victim $(date +%s%N)" >"$logs/server-killed"
+    ) &
+    pids+=("$!")
+fi
+wait "$driver_pid" || driver_rc=$?
 
 if [[ $driver_rc -ne 0 ]]; then
     echo "bench: the driver failed (exit $driver_rc); asking the collector for a partial report" >&2

@@ -2,6 +2,7 @@
 //! with exact counts, exact latency percentiles, client spans over OTLP and raw
 //! samples that merge exactly.
 
+pub mod balance;
 pub mod coordinated;
 pub mod load;
 pub mod progress;

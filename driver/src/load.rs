@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbatch_proto::v1::cross_encoder_client::CrossEncoderClient;
+use crossbatch_proto::records::EndpointRecord;
 use crossbatch_proto::v1::{Pair as ProtoPair, ScoreRequest};
 use tokio::sync::{Mutex, Semaphore, watch};
 use tonic::transport::Channel;
 
-use crate::stats::Sample;
+use crate::balance::Pool;
+use crate::stats::{Retried, Sample};
 use crate::telemetry::ClientTelemetry;
 use crate::workload::Pair;
 
@@ -58,6 +59,8 @@ pub struct StepResult {
     pub late: usize,
     /// Stopped early (Ctrl-C): the figures cover what was measured.
     pub interrupted: bool,
+    /// Per endpoint figures of the measured calls.
+    pub endpoints: Vec<EndpointRecord>,
 }
 
 /// Progress counters the caller may print while the step runs.
@@ -73,7 +76,7 @@ fn exp_gap(rng: &mut crate::workload::SplitMix, mean_s: f64) -> f64 {
 }
 
 struct Caller {
-    client: CrossEncoderClient<Channel>,
+    pool: Pool,
     workload: Arc<Vec<Pair>>,
     cfg: StepConfig,
     origin: Instant,
@@ -85,7 +88,7 @@ impl Caller {
     /// One Score call of pairs `[from, from + n)` (cycling the workload).
     async fn call(&mut self, from: usize, n: usize, intended: Instant, warmup: bool) -> Sample {
         let w = &self.workload;
-        let mut req = tonic::Request::new(ScoreRequest {
+        let message = ScoreRequest {
             pairs: (from..from + n)
                 .map(|i| {
                     let p = &w[i % w.len()];
@@ -96,18 +99,23 @@ impl Caller {
                 })
                 .collect(),
             raw_scores: true,
-        });
-        if let Some(d) = self.cfg.deadline {
-            req.set_timeout(d);
-        }
-        crossbatch_proto::client::authorize(&mut req, self.cfg.api_key.as_ref());
+        };
+        // The metadata every attempt carries: key and trace context.
+        let mut head = tonic::Request::new(());
+        crossbatch_proto::client::authorize(&mut head, self.cfg.api_key.as_ref());
         let span = self
             .telemetry
             .as_ref()
-            .map(|t| t.start_call(req.metadata_mut()));
+            .map(|t| t.start_call(head.metadata_mut()));
         let sent = Instant::now();
-        let (code, server) = match self.client.score(req).await {
-            Ok(r) => (tonic::Code::Ok, r.into_inner().timing.map(Into::into)),
+        // Retries included: latency runs from the first attempt (or the intended
+        // start), so what a failover costs shows in the figures.
+        let outcome = self
+            .pool
+            .score(message, head.metadata().clone(), self.cfg.deadline)
+            .await;
+        let (code, server) = match outcome.result {
+            Ok(r) => (tonic::Code::Ok, r.timing.map(Into::into)),
             Err(s) => (s.code(), None),
         };
         let done = Instant::now();
@@ -128,6 +136,17 @@ impl Caller {
             code: code.into(),
             warmup,
             server,
+            endpoint: outcome.endpoint,
+            instance: outcome.instance,
+            attempts: outcome.attempts,
+            retried: outcome
+                .failed
+                .into_iter()
+                .map(|f| Retried {
+                    endpoint: f.endpoint,
+                    code: f.code,
+                })
+                .collect(),
         };
         if let (Some(t), Some(span)) = (&self.telemetry, span) {
             let intended_wall = self.origin_wall + intended.saturating_duration_since(self.origin);
@@ -139,18 +158,19 @@ impl Caller {
 
 /// Runs one batch × concurrency step: warm-up calls first, then exactly `pairs` pairs.
 pub async fn run_step(
-    channel: Channel,
+    pool: impl Into<Pool>,
     workload: Arc<Vec<Pair>>,
     cfg: StepConfig,
     progress: Arc<Progress>,
     stop: watch::Receiver<bool>,
     telemetry: Option<Arc<ClientTelemetry>>,
 ) -> StepResult {
+    let pool: Pool = pool.into();
     let batch = cfg.batch.max(1);
     let origin = Instant::now();
     let origin_wall = SystemTime::now();
     let caller = |cfg: &StepConfig| Caller {
-        client: CrossEncoderClient::new(channel.clone()),
+        pool: pool.clone(),
         workload: Arc::clone(&workload),
         cfg: cfg.clone(),
         origin,
@@ -180,6 +200,7 @@ pub async fn run_step(
             }
         }
     }
+    let before = pool.snapshot();
     let start = Instant::now();
     let started = SystemTime::now();
     let claimed = Arc::new(AtomicUsize::new(0));
@@ -272,12 +293,15 @@ pub async fn run_step(
             samples.extend(out.lock().await.drain(..));
         }
     }
+    let wall = start.elapsed();
+    let endpoints = crate::balance::record::endpoint_records(&samples, &before, &pool.snapshot());
     StepResult {
         samples,
         started: Some(started),
-        wall: start.elapsed(),
+        wall,
         late,
         interrupted,
+        endpoints,
     }
 }
 

@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+use crossbatch_driver::balance::{Balance, Pool, PoolConfig, parse_targets, record};
 use crossbatch_driver::coordinated::Gate;
-use crossbatch_driver::load::{Arrivals, Mode, StepConfig, wait_serving};
+use crossbatch_driver::load::{Arrivals, Mode, StepConfig};
 use crossbatch_driver::stats::Summary;
 use crossbatch_driver::telemetry::{ClientTelemetry, Identity, ServerInfo};
 use crossbatch_driver::{sweep, workload};
@@ -35,13 +36,28 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Server URL.
+    /// Servers, comma separated: URLs (http://host:port, https://host:port) and DNS
+    /// names (dns:///host:port: every address is a replica, re-resolved every
+    /// --resolve-s; TLS when a --tls-* option is given, verifying the name).
     #[arg(
         long,
         env = "CROSSBATCH_TARGET",
         default_value = "http://127.0.0.1:50051"
     )]
     target: String,
+    /// How calls are spread over the servers: p2c (of two random endpoints, the one
+    /// with fewer calls in flight), round-robin, or pinned (one connection, no
+    /// failover: a naive client, the control case).
+    #[arg(long, env = "CROSSBATCH_BALANCE", value_enum, default_value = "p2c")]
+    balance: Balance,
+    /// Times a call refused by an unavailable endpoint (UNAVAILABLE, or a failed
+    /// connection) is sent to another one, within its deadline. Not with pinned.
+    #[arg(long, env = "CROSSBATCH_RETRIES", default_value_t = 2)]
+    retries: usize,
+    /// Seconds between re-resolutions of dns:/// names (and health checks of the
+    /// endpoints in rotation).
+    #[arg(long, env = "CROSSBATCH_RESOLVE_S", default_value_t = 2.0)]
+    resolve_s: f64,
     /// Pairs per call, comma separated (one step per value × concurrency).
     #[arg(long, value_delimiter = ',', default_value = "8")]
     batch: Vec<usize>,
@@ -147,14 +163,30 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         workload::load(std::path::Path::new(&args.workload))?
     };
+    if !(args.resolve_s.is_finite() && args.resolve_s >= 0.1) {
+        bail!("--resolve-s must be at least 0.1 seconds");
+    }
     let api_key = args.key.secret().map_err(anyhow::Error::msg)?;
-    let channel = wait_serving(
-        &args.target,
-        &args.tls,
-        Duration::from_secs(args.connect_timeout),
+    let targets = parse_targets(&args.target).map_err(anyhow::Error::msg)?;
+    let pool = Pool::start(
+        targets,
+        args.tls.clone(),
+        PoolConfig {
+            balance: args.balance,
+            retries: args.retries,
+            resolve_every: Duration::from_secs_f64(args.resolve_s),
+            seed: args.seed,
+            resolver: Default::default(),
+        },
     )
     .await
     .map_err(anyhow::Error::msg)?;
+    pool.wait_ready(Duration::from_secs(args.connect_timeout))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let Some(first) = pool.any_serving() else {
+        bail!("no server at {} is SERVING", args.target);
+    };
     let run_id_given = args.run_id.clone();
     let run_id = args.run_id.unwrap_or_else(|| {
         let t = std::time::SystemTime::now()
@@ -173,10 +205,10 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         .unwrap_or_else(|| format!("{host}-{}", std::process::id()));
     let mut info = tonic::Request::new(InfoRequest {});
     crossbatch_proto::client::authorize(&mut info, api_key.as_ref());
-    let server: ServerInfo = CrossEncoderClient::new(channel.clone())
+    let server: ServerInfo = CrossEncoderClient::new(first.channel.clone())
         .info(info)
         .await
-        .with_context(|| format!("asking {} for its Info", args.target))?
+        .with_context(|| format!("asking {} for its Info", first.key))?
         .into_inner()
         .into();
     let telemetry = match &args.otlp_endpoint {
@@ -219,6 +251,12 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         concurrencies: args.concurrency,
         progress_every: Duration::from_secs_f64(args.progress_s.max(0.0)),
     };
+    // Scripts wait for this line (scripts/bench.sh's KILL_SERVER_AFTER clock).
+    eprintln!(
+        "run {run_id} started: {} endpoint(s), balance {}",
+        pool.snapshot().len(),
+        args.balance.name()
+    );
     let mut gate = match &args.coordinator {
         Some(url) => {
             if run_id_given.is_none() {
@@ -245,7 +283,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         let _ = stop_tx.send(true);
     });
     let result = sweep::run(
-        channel,
+        pool.clone(),
         Arc::new(pairs),
         &cfg,
         stop_rx,
@@ -271,6 +309,17 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     println!("{}", Summary::HEADER);
     for s in &result.summaries {
         println!("{}", s.line());
+    }
+    // Where the calls went: always with several endpoints, and with one when any
+    // attempt had to be retried or the endpoint was ejected.
+    if result.endpoints.len() > 1 || result.record.retries + result.record.ejections > 0 {
+        println!(
+            "\nendpoints ({}; {} retries, {} ejections)",
+            args.balance.name(),
+            result.record.retries,
+            result.record.ejections
+        );
+        print!("{}", record::table(&result.endpoints));
     }
     if let Some(path) = &args.samples_out {
         sweep::write_samples(path, &result.samples)

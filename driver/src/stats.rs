@@ -32,6 +32,29 @@ pub struct Sample {
     /// What the server said the call cost (its `timing`), when it answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerTiming>,
+    /// The endpoint of the call's last attempt ("" when none could be tried).
+    #[serde(default)]
+    pub endpoint: String,
+    /// The replica that gave the final answer (its `crossbatch-instance` header).
+    #[serde(default)]
+    pub instance: String,
+    /// Attempts the call took (1: no retry).
+    #[serde(default = "one")]
+    pub attempts: u32,
+    /// Attempts that failed on one endpoint and were retried on another.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retried: Vec<Retried>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// An attempt that failed because of its endpoint and was sent elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retried {
+    pub endpoint: String,
+    pub code: StatusCode,
 }
 
 /// The server's own account of one call (`ScoreResponse.timing`).
@@ -183,6 +206,10 @@ mod tests {
             code: StatusCode::from_name(code).expect("a status name"),
             warmup,
             server: None,
+            endpoint: "127.0.0.1:1".into(),
+            instance: "i".into(),
+            attempts: 1,
+            retried: Vec::new(),
         }
     }
 

@@ -6,8 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crossbatch_proto::records::EndpointRecord;
 use tokio::sync::watch;
-use tonic::transport::Channel;
+
+use crate::balance::Pool;
 
 use crate::coordinated::{Gate, Next};
 use crate::load::{Mode, Progress, StepConfig, StepResult, run_step};
@@ -53,13 +55,15 @@ pub struct SweepResult {
     pub record: RunRecord,
     /// A coordinated run that could not go on (aborted, coordinator lost).
     pub error: Option<String>,
+    /// Per endpoint figures over every step.
+    pub endpoints: Vec<EndpointRecord>,
 }
 
 /// Runs every step in turn; with `telemetry`, every call is a span and each step and
 /// the run end with a completion record (the run's carries `server`). With a `gate`,
 /// each step waits for the coordinator's start and is reported done after.
 pub async fn run(
-    channel: Channel,
+    pool: impl Into<Pool>,
     workload: Arc<Vec<Pair>>,
     cfg: &SweepConfig,
     mut stop: watch::Receiver<bool>,
@@ -67,8 +71,10 @@ pub async fn run(
     server: ServerInfo,
     mut gate: Option<&mut Gate>,
 ) -> SweepResult {
+    let pool: Pool = pool.into();
     let run_started = SystemTime::now();
     let steps = cfg.steps();
+    let mut per_step = Vec::new();
     let mut out = SweepResult {
         record: RunRecord {
             steps_planned: steps.len(),
@@ -107,7 +113,7 @@ pub async fn run(
             cfg.progress_every,
         );
         let r = run_step(
-            channel.clone(),
+            pool.clone(),
             Arc::clone(&workload),
             step.clone(),
             progress,
@@ -132,6 +138,9 @@ pub async fn run(
         run.calls_ok += rec.calls_ok;
         run.pairs_sent += rec.pairs_sent;
         run.pairs_ok += rec.pairs_ok;
+        run.retries += rec.retries;
+        run.ejections += rec.ejections;
+        per_step.push(rec.endpoints);
         out.summaries.push(summarise(&r.samples, r.wall, r.late));
         out.samples.extend(r.samples);
         if r.interrupted {
@@ -150,6 +159,7 @@ pub async fn run(
     {
         out.error = Some(e.to_string());
     }
+    out.endpoints = crate::balance::record::merge(&per_step);
     out.record.interrupted = out.interrupted || out.error.is_some();
     if let Some(t) = &telemetry {
         t.run_done(&out.record, run_started);
@@ -172,11 +182,14 @@ pub fn step_record(step: &StepConfig, r: &StepResult) -> StepRecord {
         late_calls: r.late,
         wall_s: r.wall.as_secs_f64(),
         interrupted: r.interrupted,
+        ejections: r.endpoints.iter().map(|e| e.ejections).sum(),
+        endpoints: r.endpoints.clone(),
         ..Default::default()
     };
     for s in measured {
         rec.calls_sent += 1;
         rec.pairs_sent += s.pairs;
+        rec.retries += s.retried.len();
         if s.code.is_ok() {
             rec.calls_ok += 1;
             rec.pairs_ok += s.pairs;

@@ -90,6 +90,9 @@ pub struct RunRecord {
     pub calls_ok: usize,
     pub pairs_sent: usize,
     pub pairs_ok: usize,
+    /// Attempts retried on another endpoint, and endpoint ejections, over every step.
+    pub retries: usize,
+    pub ejections: usize,
     pub interrupted: bool,
     pub server: ServerInfo,
 }
@@ -199,6 +202,9 @@ impl ClientTelemetry {
             KeyValue::new("rpc.service", "crossbatch.v1.CrossEncoder"),
             KeyValue::new("rpc.method", "Score"),
             KeyValue::new("rpc.grpc.status_code", s.code.0 as i64),
+            KeyValue::new(a::SERVER_INSTANCE, s.instance.clone()),
+            KeyValue::new(a::ENDPOINT, s.endpoint.clone()),
+            KeyValue::new(a::ATTEMPTS, i64::from(s.attempts)),
         ]);
         if !s.code.is_ok() {
             span.set_status(Status::error(s.code.name()));
@@ -239,6 +245,12 @@ impl ClientTelemetry {
                 usize_kv(a::LATE_CALLS, r.late_calls),
                 KeyValue::new(a::WALL_S, r.wall_s),
                 KeyValue::new(a::INTERRUPTED, r.interrupted),
+                usize_kv(a::RETRIES, r.retries),
+                usize_kv(a::EJECTIONS, r.ejections),
+                KeyValue::new(
+                    a::ENDPOINTS,
+                    serde_json::to_string(&r.endpoints).unwrap_or_else(|_| "[]".into()),
+                ),
             ],
         );
     }
@@ -259,6 +271,8 @@ impl ClientTelemetry {
                 usize_kv(a::PAIRS_SENT, r.pairs_sent),
                 usize_kv(a::PAIRS_OK, r.pairs_ok),
                 KeyValue::new(a::INTERRUPTED, r.interrupted),
+                usize_kv(a::RETRIES, r.retries),
+                usize_kv(a::EJECTIONS, r.ejections),
                 KeyValue::new(a::SERVER_MODEL, s.model.clone()),
                 KeyValue::new(a::SERVER_STANDIN, s.stand_in),
                 KeyValue::new(a::SERVER_BACKEND, s.backend.clone()),

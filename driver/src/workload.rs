@@ -32,21 +32,12 @@ impl SplitMix {
 pub use crossbatch_proto::pairs::Pair;
 use crossbatch_proto::pairs::{PairsError, parse_jsonl_strict};
 
+/// Why a workload file gave no pairs: unreadable or a bad line (the shared reader's
+/// error, TSV lines included), or empty.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
-    #[error("{path}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}: {message}")]
-    Parse {
-        path: String,
-        line: usize,
-        message: String,
-    },
     #[error(transparent)]
-    Jsonl(#[from] PairsError),
+    Pairs(#[from] PairsError),
     #[error("{0}: holds no pairs")]
     Empty(String),
 }
@@ -56,7 +47,7 @@ pub enum WorkloadError {
 /// columns are used).
 pub fn load(path: &Path) -> Result<Vec<Pair>, WorkloadError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| WorkloadError::Io {
+    let text = std::fs::read_to_string(path).map_err(|source| PairsError::Io {
         path: name.clone(),
         source,
     })?;
@@ -76,7 +67,7 @@ pub fn load(path: &Path) -> Result<Vec<Pair>, WorkloadError> {
 }
 
 /// Every non-blank TSV line as a pair, or the first line with fewer than two columns.
-fn parse_tsv(name: &str, text: &str) -> Result<Vec<Pair>, WorkloadError> {
+fn parse_tsv(name: &str, text: &str) -> Result<Vec<Pair>, PairsError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -84,7 +75,7 @@ fn parse_tsv(name: &str, text: &str) -> Result<Vec<Pair>, WorkloadError> {
         }
         let cols: Vec<&str> = line.split('\t').collect();
         if cols.len() < 2 {
-            return Err(WorkloadError::Parse {
+            return Err(PairsError::Parse {
                 path: name.to_string(),
                 line: i + 1,
                 message: "expected query<TAB>passage".into(),

@@ -1,48 +1,13 @@
 //! The driver against a real server on loopback (the stand-in, CPU backend).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use common::start;
 use crossbatch_driver::load::{Mode, StepConfig, wait_serving};
 use crossbatch_driver::{sweep, workload};
-use crossbatch_server::serve::{ServeArgs, serve};
-
-struct Local {
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), crossbatch_server::serve::StartError>>,
-}
-
-async fn start(extra: &[&str]) -> Local {
-    let dir = crossbatch_model::standin::ensure(&crossbatch_model::standin::default_dir())
-        .expect("stand-in");
-    let mut argv: Vec<String> = [
-        "serve",
-        "--model",
-        dir.to_str().expect("utf-8"),
-        "--backend",
-        "cpu",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    let args = ServeArgs::try_parse_from(argv).expect("args");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(serve(args, listener, async move {
-        let _ = rx.await;
-    }));
-    Local {
-        url,
-        stop: Some(tx),
-        task,
-    }
-}
 
 fn cfg(batches: Vec<usize>, conc: Vec<usize>, pairs: usize, warmup: usize) -> sweep::SweepConfig {
     sweep::SweepConfig {
