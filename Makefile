@@ -14,14 +14,17 @@ REPEAT_GPU ?= 10
 CUBECL_AUTOTUNE_LEVEL ?= minimal
 export CUBECL_AUTOTUNE_LEVEL
 
-.PHONY: all build test test-compose bench bench-baseline bench-gpu bench-model bench-compose standin deps fmt clippy experiment experiments
+.PHONY: all build test test-k8s test-compose bench bench-replicas bench-baseline bench-gpu bench-model bench-compose standin deps fmt clippy experiment experiments
 
 # `make bench` settings (see scripts/bench.sh): e.g. make bench SWEEP="batch=1,8,32 conc=1,4,16"
 export NAME SWEEP MODEL BACKEND DTYPE MAX_BATCH MAX_BATCH_TOKENS BATCH_TIMEOUT_MS POLICY WORKLOAD WARMUP REPORTS
+# Many servers on loopback (see scripts/bench.sh): make bench SERVERS=3 BALANCE=round-robin
+export SERVERS BALANCE KILL_SERVER_AFTER
 # `make bench-gpu` settings (see scripts/bench-gpu.sh): e.g. make bench-gpu DTYPES=f16
 export DTYPES BATCHES SERVED_SWEEP REPEAT
-# `make bench-compose` settings (see scripts/compose.sh): e.g. make bench-compose DRIVERS=3
-export DRIVERS BATCH CONC PAIRS OFFLINE
+# `make bench-compose` settings (see scripts/compose.sh; SERVERS, BALANCE and
+# KILL_SERVER_AFTER too): e.g. make bench-compose SERVERS=3 DRIVERS=2 LB=envoy
+export DRIVERS BATCH CONC PAIRS OFFLINE LB KILL_DRIVER_AFTER
 
 all: build
 
@@ -43,17 +46,29 @@ clippy:
 
 test: deps fmt clippy standin
 	promtool check config deploy/prometheus/prometheus.yml
+	@$(MAKE) --no-print-directory test-k8s
 	$(CARGO) test --release --workspace
 	@$(MAKE) --no-print-directory test-compose
 
-# Containers: 3 drivers in one coordinated run, then one driver killed mid-run.
+# Kubernetes manifests (deploy/k8s), offline: rendered with kubectl kustomize, every
+# object validated against the Kubernetes schemas (kubernetes-validate, in a venv it
+# makes under ~/.cache/crossbatch), the objects checked against each other and the
+# HPA's prometheus-adapter query run by promtool on synthetic series. No cluster.
+test-k8s:
+	@scripts/ensure-deps.sh --promtool
+	@scripts/check-k8s.sh
+
+# Containers: 3 drivers in one coordinated run, then one driver killed mid-run; 3 server
+# replicas and 2 drivers balancing over them with one replica killed mid-run; then the
+# 3 replicas behind Envoy (its config validated by envoy itself first).
 # Needs a Docker engine with docker-compose; CROSSBATCH_SKIP_COMPOSE=1 skips it
 # (said loudly) on a machine without one. CI does not skip it.
 test-compose: build standin
 	@if [[ "$${CROSSBATCH_SKIP_COMPOSE:-}" == 1 ]]; then \
 	    echo "test-compose: SKIPPED (CROSSBATCH_SKIP_COMPOSE=1)"; \
 	else \
-	    env -u DRIVERS -u BATCH -u CONC -u PAIRS -u NAME scripts/test-compose.sh; \
+	    env -u SERVERS -u DRIVERS -u BATCH -u CONC -u PAIRS -u NAME -u LB -u BALANCE \
+	        -u KILL_SERVER_AFTER -u KILL_DRIVER_AFTER scripts/test-compose.sh; \
 	fi
 
 # The main job: collector + server + driver on loopback, one run, reports/<name>-<ts>.md
@@ -62,6 +77,12 @@ test-compose: build standin
 bench: standin
 	@scripts/bench.sh
 
+# Three replicas on loopback under p2c, round-robin and pinned, then one killed with
+# SIGKILL mid-run: calls per replica and P95 before/during/after, in
+# reports/replicas-<ts>.md (the README's "Many servers" figures).
+bench-replicas: standin
+	@scripts/bench-replicas.sh
+
 # The wgpu backend on a hardware GPU, f32 and f16: offline forward at batch 8/32/96/128
 # and the served run with its report per dtype. Refuses on a software-only machine.
 # Full kernel autotune here: these are the figures that get quoted.
@@ -69,7 +90,8 @@ bench-gpu: export CUBECL_AUTOTUNE_LEVEL = balanced
 bench-gpu: standin
 	@REPEAT=$(REPEAT_GPU) scripts/bench-gpu.sh
 
-# N coordinated drivers in containers (docker-compose), report in ./reports.
+# N server replicas and M coordinated drivers in containers (docker-compose), report in
+# ./reports: make bench-compose SERVERS=3 DRIVERS=2 [LB=envoy] [KILL_SERVER_AFTER=10]
 bench-compose: build standin
 	@scripts/compose.sh
 
