@@ -425,3 +425,67 @@ async fn every_answer_names_the_replica_refusals_included() {
     assert!(e.to_string().contains("--instance-id"), "{e}");
     server.stop().await;
 }
+
+/// A pool over `dns:///NAME:port`, NAME resolved (by a resolver the test controls) to
+/// the TLS server's loopback address; true when a call through it succeeds.
+async fn pool_via_name(server: &Server, name: &str, pki: &Pki) -> Result<(), String> {
+    use crossbatch_driver::balance::{Balance, Pool, PoolConfig, Resolver, Target};
+    let addr: std::net::SocketAddr = server
+        .addr
+        .trim_start_matches("https://")
+        .parse()
+        .expect("ip:port");
+    let pool = Pool::start(
+        vec![Target::Dns {
+            host: name.into(),
+            port: addr.port(),
+        }],
+        trusting(pki),
+        PoolConfig {
+            balance: Balance::P2c,
+            retries: 0,
+            resolve_every: std::time::Duration::from_millis(200),
+            seed: 1,
+            resolver: Resolver::new(move |_, _| Box::pin(async move { Ok(vec![addr]) })),
+        },
+    )
+    .await?;
+    pool.wait_ready(std::time::Duration::from_secs(3)).await?;
+    pool.score(
+        score_request(),
+        tonic::metadata::MetadataMap::new(),
+        Some(std::time::Duration::from_secs(30)),
+    )
+    .await
+    .result
+    .map(|_| ())
+    .map_err(|s| s.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_replicas_of_a_name_verifies_that_name_not_the_address() {
+    let pki = make_pki();
+    let server = Server::start_with(
+        &[
+            "--tls-cert",
+            &pki.path_str("server.pem"),
+            "--tls-key",
+            &pki.path_str("server.key"),
+        ],
+        "https",
+        trusting(&pki),
+    )
+    .await;
+    // The certificate names localhost (and 127.0.0.1): dialled as a replica of
+    // "localhost" it verifies.
+    pool_via_name(&server, "localhost", &pki)
+        .await
+        .expect("the certificate names localhost");
+    // The same address as a replica of a name the certificate does not hold is
+    // refused, though the certificate holds the address itself.
+    let e = pool_via_name(&server, "replicas.example", &pki)
+        .await
+        .expect_err("the certificate does not name replicas.example");
+    assert!(e.contains("SERVING"), "{e}");
+    server.stop().await;
+}

@@ -6,7 +6,7 @@
 //! nothing that balances connections (DNS round robin, kube-proxy) can pin every
 //! call of a driver to one replica.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -95,6 +95,9 @@ struct Shared {
     pinned: Mutex<Option<String>>,
     /// Why the last resolution failed, if it did.
     resolve_error: Mutex<Option<String>>,
+    /// Each DNS target's addresses at its last good resolution (kept through a failed
+    /// one: a DNS blip must not empty the pool).
+    last_addrs: Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// The endpoints of a run; cheap to clone.
@@ -154,6 +157,7 @@ impl From<tonic::transport::Channel> for Pool {
             rng: Mutex::new(SplitMix::new(0)),
             pinned: Mutex::new(None),
             resolve_error: Mutex::new(None),
+            last_addrs: Mutex::new(HashMap::new()),
         });
         Self {
             shared,
@@ -185,6 +189,7 @@ impl Pool {
             next: AtomicUsize::new(0),
             pinned: Mutex::new(None),
             resolve_error: Mutex::new(None),
+            last_addrs: Mutex::new(HashMap::new()),
         });
         // URLs and TLS files are checked now: a typo fails at once, not after the
         // connect timeout.
@@ -375,6 +380,20 @@ impl Pool {
         Some(Arc::clone(serving[i]))
     }
 
+    /// `pinned` whose one endpoint is no longer resolved: nothing to wait for.
+    fn pinned_gone(&self) -> bool {
+        if self.shared.cfg.balance != Balance::Pinned {
+            return false;
+        }
+        let pinned = self
+            .shared
+            .pinned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        pinned.is_some_and(|k| !self.members().iter().any(|m| m.key == k))
+    }
+
     /// Waits up to `limit` for an endpoint outside `tried` to come into rotation.
     async fn pick_waiting(&self, tried: &[String], limit: Duration) -> Option<Arc<Member>> {
         let until = Instant::now() + limit;
@@ -382,6 +401,9 @@ impl Pool {
             let notified = self.shared.into_rotation.notified();
             if let Some(m) = self.pick(tried) {
                 return Some(m);
+            }
+            if self.pinned_gone() {
+                return None;
             }
             let now = Instant::now();
             if now >= until {
@@ -404,6 +426,9 @@ impl Pool {
         // With no endpoint in rotation (all ejected, none serving yet), a call waits
         // this long for one before it fails: bounded, so nothing hangs.
         const NO_ENDPOINT_WAIT: Duration = Duration::from_secs(10);
+        // With no deadline an attempt still ends: a replica whose handler hangs keeps
+        // answering keep-alive pings, so nothing else would end the call.
+        const NO_DEADLINE_BOUND: Duration = Duration::from_secs(120);
         let first = Instant::now();
         let end = deadline.map(|d| first + d);
         let mut tried: Vec<String> = Vec::new();
@@ -419,10 +444,23 @@ impl Pool {
             if left == Some(Duration::ZERO) {
                 break;
             }
-            let wait = left.map_or(NO_ENDPOINT_WAIT, |l| l.min(NO_ENDPOINT_WAIT));
+            // A retry waits for an endpoint only while some endpoint it has not tried
+            // exists (it may come back into rotation); none can appear otherwise
+            // before the next resolution.
+            let untried = self.members().iter().any(|m| !tried.contains(&m.key));
+            let wait = if attempt == 1 || untried {
+                left.map_or(NO_ENDPOINT_WAIT, |l| l.min(NO_ENDPOINT_WAIT))
+            } else {
+                Duration::ZERO
+            };
             let Some(member) = self.pick_waiting(&tried, wait).await else {
                 break;
             };
+            // The wait took some of the deadline.
+            let left = end.map(|e| e.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                break;
+            }
             let guard = InFlight::new(member);
             let m = &guard.0;
             let mut request = tonic::Request::new(message.clone());
@@ -435,15 +473,16 @@ impl Pool {
             let call = client.score(request);
             // The server enforces the deadline it is sent; this bounds a peer that
             // stopped answering altogether.
-            let result = match left {
-                Some(l) => match tokio::time::timeout(l, call).await {
-                    Ok(r) => r,
-                    Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                        "no answer from {} within the call's deadline",
-                        m.key
-                    ))),
-                },
-                None => call.await,
+            let result = match tokio::time::timeout(left.unwrap_or(NO_DEADLINE_BOUND), call).await {
+                Ok(r) => r,
+                Err(_) if left.is_some() => Err(tonic::Status::deadline_exceeded(format!(
+                    "no answer from {} within the call's deadline",
+                    m.key
+                ))),
+                Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                    "no answer from {} in {NO_DEADLINE_BOUND:?} (no --deadline-ms given)",
+                    m.key
+                ))),
             };
             let header = |md: &MetadataMap| {
                 md.get(crossbatch_proto::attrs::INSTANCE_HEADER)
@@ -477,7 +516,10 @@ impl Pool {
                             failed,
                         };
                     }
-                    if m.eject(format!("{}: {}", status.code(), status.message())) {
+                    // Pinned has no rotation to take it out of: a naive client.
+                    if self.balance() != Balance::Pinned
+                        && m.eject(format!("{}: {}", status.code(), status.message()))
+                    {
                         tracing::info!(endpoint = %m.key, code = ?status.code(), "endpoint ejected");
                     }
                     tried.push(m.key.clone());
@@ -561,6 +603,10 @@ impl Shared {
                 Target::Dns { host, port } => match self.cfg.resolver.resolve(host, *port).await {
                     Ok(addrs) => {
                         let tls = self.tls_on();
+                        self.last_addrs
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(t.to_string(), addrs.iter().map(|a| a.to_string()).collect());
                         for a in addrs {
                             let scheme = if tls { "https" } else { "http" };
                             wanted.push((
@@ -572,11 +618,17 @@ impl Shared {
                     }
                     Err(e) => {
                         errors.push(e);
-                        // Keep what this name had; its keys are ip:port with this port.
-                        let suffix = format!(":{port}");
-                        for k in current.iter().filter(|k| k.ends_with(&suffix)) {
-                            if !wanted.iter().any(|(w, _, _)| w == k) {
-                                wanted.push((k.clone(), String::new(), Some(host.clone())));
+                        // Keep what this name had at its last resolution.
+                        let last = self
+                            .last_addrs
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get(&t.to_string())
+                            .cloned()
+                            .unwrap_or_default();
+                        for k in last.into_iter().filter(|k| current.contains(k)) {
+                            if !wanted.iter().any(|(w, _, _)| *w == k) {
+                                wanted.push((k, String::new(), Some(host.clone())));
                             }
                         }
                     }
@@ -604,10 +656,14 @@ impl Shared {
             };
             let member = Arc::new(Member::new(key.clone(), channel));
             tracing::info!(endpoint = %key, "endpoint added");
-            self.seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key, Arc::clone(&member));
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            // An address that left and came back keeps its counts (the step records
+            // difference them).
+            if let Some(earlier) = seen.get(&key) {
+                member.inherit(earlier);
+            }
+            seen.insert(key, Arc::clone(&member));
+            drop(seen);
             tokio::spawn(probe(Arc::clone(self), Arc::clone(&member), dead.clone()));
             next.push(member);
         }
@@ -683,6 +739,9 @@ async fn probe(
                 _ = dead.changed() => return,
             }
         }
+        // A call may eject the endpoint while this check is out; its answer is then
+        // stale and must not put the endpoint straight back.
+        let generation = member.generation();
         let check = tokio::time::timeout(
             CHECK_TIMEOUT,
             crossbatch_proto::lifecycle::not_serving(member.channel.clone()),
@@ -690,7 +749,7 @@ async fn probe(
         .await;
         match check {
             Ok(Ok(None)) => {
-                if member.serving() {
+                if member.serving_since(generation) {
                     tracing::info!(endpoint = %member.key, "endpoint in rotation (SERVING)");
                     shared.into_rotation.notify_waiters();
                 }
