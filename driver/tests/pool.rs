@@ -27,6 +27,17 @@ fn config(balance: Balance, resolver: Resolver) -> PoolConfig {
     }
 }
 
+/// A pool over a `--target` list of URLs.
+async fn url_pool(list: &str, balance: Balance) -> Pool {
+    Pool::start(
+        parse_targets(list).expect("targets"),
+        Default::default(),
+        config(balance, Resolver::default()),
+    )
+    .await
+    .expect("pool")
+}
+
 fn addr(server: &Local) -> SocketAddr {
     server
         .url
@@ -131,13 +142,7 @@ async fn replicas_a_name_gains_get_calls_and_those_it_loses_get_none() {
 async fn a_replica_shut_down_mid_run_loses_no_call() {
     let a = start(&["--instance-id", "a", "--batch-timeout-ms", "1"]).await;
     let mut b = start(&["--instance-id", "b", "--batch-timeout-ms", "1"]).await;
-    let pool = Pool::start(
-        parse_targets(&format!("{},{}", a.url, b.url)).expect("targets"),
-        Default::default(),
-        config(Balance::RoundRobin, Resolver::default()),
-    )
-    .await
-    .expect("pool");
+    let pool = url_pool(&format!("{},{}", a.url, b.url), Balance::RoundRobin).await;
     pool.wait_ready(Duration::from_secs(120))
         .await
         .expect("both serving");
@@ -208,13 +213,7 @@ async fn an_endpoint_that_never_answers_holds_no_call_up() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
     };
-    let only_dead = Pool::start(
-        parse_targets(&format!("http://{dead}")).expect("targets"),
-        Default::default(),
-        config(Balance::P2c, Resolver::default()),
-    )
-    .await
-    .expect("pool");
+    let only_dead = url_pool(&format!("http://{dead}"), Balance::P2c).await;
     let e = only_dead
         .wait_ready(Duration::from_millis(500))
         .await
@@ -234,13 +233,7 @@ async fn an_endpoint_that_never_answers_holds_no_call_up() {
     );
 
     let a = start(&["--instance-id", "a", "--batch-timeout-ms", "1"]).await;
-    let pool = Pool::start(
-        parse_targets(&format!("{},http://{dead}", a.url)).expect("targets"),
-        Default::default(),
-        config(Balance::RoundRobin, Resolver::default()),
-    )
-    .await
-    .expect("pool");
+    let pool = url_pool(&format!("{},http://{dead}", a.url), Balance::RoundRobin).await;
     // Waits for a, gives up on the dead one after the timeout and goes on without it.
     pool.wait_ready(Duration::from_secs(120))
         .await

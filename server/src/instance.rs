@@ -4,7 +4,6 @@
 //! replica without spans, and the collector can tell two replicas' batches apart.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use tonic::codegen::http;
 use tonic::codegen::http::HeaderValue;
@@ -58,66 +57,22 @@ impl std::fmt::Display for InstanceId {
     }
 }
 
-/// Adds `crossbatch-instance: <id>` to every response, refusals and errors included.
-#[derive(Clone)]
-pub struct InstanceHeaderLayer {
-    value: HeaderValue,
-}
-
-impl InstanceHeaderLayer {
-    pub fn new(id: &InstanceId) -> Self {
-        Self {
-            // InstanceId::parse admits only visible ASCII, which is always a valid value.
-            value: HeaderValue::from_str(id.as_str())
-                .unwrap_or_else(|_| HeaderValue::from_static("server")),
-        }
-    }
-}
-
-impl<S> tower::Layer<S> for InstanceHeaderLayer {
-    type Service = InstanceHeader<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        InstanceHeader {
-            inner,
-            value: self.value.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct InstanceHeader<S> {
-    inner: S,
-    value: HeaderValue,
-}
-
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for InstanceHeader<S>
-where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
+/// Adds `crossbatch-instance: <id>` to every response of a service answering with body
+/// `B`, refusals and errors included (outermost, it sees every answer).
+pub fn header_layer<B>(
+    id: &InstanceId,
+) -> tower::util::MapResponseLayer<impl Fn(http::Response<B>) -> http::Response<B> + Clone + use<B>>
 {
-    type Response = http::Response<ResBody>;
-    type Error = S::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let future = self.inner.call(request);
-        let value = self.value.clone();
-        Box::pin(async move {
-            let mut response = future.await?;
-            response.headers_mut().insert(
-                HeaderName::from_static(crossbatch_proto::attrs::INSTANCE_HEADER),
-                value,
-            );
-            Ok(response)
-        })
-    }
+    // InstanceId::parse admits only visible ASCII, which is always a valid value.
+    let value =
+        HeaderValue::from_str(id.as_str()).unwrap_or_else(|_| HeaderValue::from_static("server"));
+    tower::util::MapResponseLayer::new(move |mut response: http::Response<B>| {
+        response.headers_mut().insert(
+            HeaderName::from_static(crossbatch_proto::attrs::INSTANCE_HEADER),
+            value.clone(),
+        );
+        response
+    })
 }
 
 #[cfg(test)]

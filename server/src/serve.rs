@@ -16,7 +16,7 @@ use tokio::sync::OnceCell;
 use crate::admission::{Admission, AdmissionGate};
 use crate::batcher::{BatchPolicy, Batcher, BatcherConfig, BatcherThread};
 use crate::connections::LimitedIncoming;
-use crate::instance::{InstanceHeaderLayer, InstanceId};
+use crate::instance::{InstanceId, header_layer};
 use crate::metrics::Metrics;
 use crate::service::{Limits, Ready, ScoringService};
 use crossbatch_model::backend::{self, BackendChoice, Precision, SelectedDevice};
@@ -555,7 +555,7 @@ pub async fn serve(
     let instance = args.instance();
     tracing::info!(instance = %instance, "replica name (crossbatch-instance header, Info, spans)");
     let server = builder
-        .layer(InstanceHeaderLayer::new(&instance))
+        .layer(header_layer::<tonic::body::Body>(&instance))
         .layer(refused)
         .add_service(health_svc)
         .add_service(reflection)

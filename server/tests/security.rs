@@ -82,6 +82,21 @@ fn trusting(pki: &Pki) -> ClientTls {
     }
 }
 
+/// A server on https with `server.pem` (127.0.0.1 and localhost), trusted by `pki`'s CA.
+async fn tls_server(pki: &Pki) -> Server {
+    Server::start_with(
+        &[
+            "--tls-cert",
+            &pki.path_str("server.pem"),
+            "--tls-key",
+            &pki.path_str("server.key"),
+        ],
+        "https",
+        trusting(pki),
+    )
+    .await
+}
+
 /// One Score call over a fresh connection to `url` with `tls`.
 async fn score_once(url: &str, tls: &ClientTls) -> Result<(), String> {
     let endpoint = crossbatch_proto::client::endpoint(url, tls)?;
@@ -96,17 +111,7 @@ async fn score_once(url: &str, tls: &ClientTls) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_https_and_refuses_plaintext_and_unknown_cas() {
     let pki = make_pki();
-    let server = Server::start_with(
-        &[
-            "--tls-cert",
-            &pki.path_str("server.pem"),
-            "--tls-key",
-            &pki.path_str("server.key"),
-        ],
-        "https",
-        trusting(&pki),
-    )
-    .await;
+    let server = tls_server(&pki).await;
     score_once(&server.addr, &trusting(&pki))
         .await
         .expect("a call over TLS with the CA trusted");
@@ -465,17 +470,7 @@ async fn pool_via_name(server: &Server, name: &str, pki: &Pki) -> Result<(), Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_the_replicas_of_a_name_verifies_that_name_not_the_address() {
     let pki = make_pki();
-    let server = Server::start_with(
-        &[
-            "--tls-cert",
-            &pki.path_str("server.pem"),
-            "--tls-key",
-            &pki.path_str("server.key"),
-        ],
-        "https",
-        trusting(&pki),
-    )
-    .await;
+    let server = tls_server(&pki).await;
     // The certificate names localhost (and 127.0.0.1): dialled as a replica of
     // "localhost" it verifies.
     pool_via_name(&server, "localhost", &pki)

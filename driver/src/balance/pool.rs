@@ -447,8 +447,7 @@ impl Pool {
             // A retry waits for an endpoint only while some endpoint it has not tried
             // exists (it may come back into rotation); none can appear otherwise
             // before the next resolution.
-            let untried = self.members().iter().any(|m| !tried.contains(&m.key));
-            let wait = if attempt == 1 || untried {
+            let wait = if attempt == 1 || self.members().iter().any(|m| !tried.contains(&m.key)) {
                 left.map_or(NO_ENDPOINT_WAIT, |l| l.min(NO_ENDPOINT_WAIT))
             } else {
                 Duration::ZERO
