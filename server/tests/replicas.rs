@@ -201,8 +201,10 @@ async fn a_replica_killed_mid_run_costs_retries_not_pairs_and_the_report_names_i
         let telemetry = Arc::clone(&telemetry);
         tokio::spawn(async move { drive(&pool, &cfg, Some(telemetry)).await })
     };
-    // Kill replica 1 once it has answered a share of the run: mid-run by the run's
-    // own progress, not by the clock.
+    // Kill replica 1 once it has answered a share of the run (mid-run by the run's
+    // own progress, not by the clock) and while calls are in flight on it: it is
+    // frozen first (SIGSTOP) until the driver has a call waiting on it, so the kill
+    // always cuts a call off instead of racing the gaps between calls.
     let until = Instant::now() + Duration::from_secs(300);
     while servers[1].metric(OK_CALLS).await < 20.0 {
         assert!(Instant::now() < until, "replica 1 never got 20 calls");
@@ -211,6 +213,21 @@ async fn a_replica_killed_mid_run_costs_retries_not_pairs_and_the_report_names_i
             "the run ended before replica 1 got 20 calls"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    servers[1].signal(libc::SIGSTOP);
+    let in_flight_on_1 = || {
+        pool.snapshot()
+            .iter()
+            .find(|m| m.instance == "replica-1")
+            .map_or(0, |m| m.in_flight)
+    };
+    while in_flight_on_1() == 0 {
+        assert!(
+            Instant::now() < until,
+            "no call reached the frozen replica 1"
+        );
+        assert!(!run.is_finished(), "the run ended with replica 1 frozen");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     servers[1].child.kill().expect("SIGKILL replica 1");
     servers[1].child.wait().expect("reaped");

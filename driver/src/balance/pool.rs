@@ -115,6 +115,8 @@ pub struct MemberSnapshot {
     pub instance: String,
     pub ejections: usize,
     pub in_rotation: bool,
+    /// Calls in flight on it when the snapshot was taken.
+    pub in_flight: usize,
     pub last_ok_unix_nano: u64,
 }
 
@@ -328,6 +330,7 @@ impl Pool {
                 instance: m.instance(),
                 ejections: m.ejections(),
                 in_rotation: m.phase() == Phase::Serving && live.contains(&m.key),
+                in_flight: m.in_flight(),
                 last_ok_unix_nano: m.last_ok_unix_nano(),
             })
             .collect()

@@ -166,6 +166,7 @@ mod tests {
             instance: String::new(),
             ejections,
             in_rotation,
+            in_flight: 0,
             last_ok_unix_nano: 7,
         }
     }

@@ -209,6 +209,20 @@ impl Process {
         (kib("VmRSS:") * 1024, kib("VmHWM:") * 1024)
     }
 
+    /// Sends `sig` to the server process (SIGSTOP to freeze it, say).
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) takes any pid and signal number and reports misuse through
+        // its return value; the pid is our own child, not yet reaped.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
     pub async fn metric(&self, name: &str) -> f64 {
         let body = scrape(&self.metrics).await;
         body.lines()
