@@ -42,6 +42,10 @@ pub enum Precision {
     /// 16-bit floats on the GPU (wgpu only): half the memory traffic; logits within
     /// ~1e-3 of f32 (see the README).
     F16,
+    /// 8-bit integer linear layers on the CPU backend (weights per output column,
+    /// activations per row; attention, norms and GELU in f32). Its accuracy on your
+    /// data: `crossbatch-server eval`.
+    Int8,
 }
 
 impl fmt::Display for Precision {
@@ -49,6 +53,7 @@ impl fmt::Display for Precision {
         f.write_str(match self {
             Self::F32 => "f32",
             Self::F16 => "f16",
+            Self::Int8 => "int8",
         })
     }
 }
@@ -59,7 +64,8 @@ impl FromStr for Precision {
         match s {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
-            other => Err(format!("unknown dtype {other:?} (f32, f16)")),
+            "int8" => Ok(Self::Int8),
+            other => Err(format!("unknown dtype {other:?} (f32, f16, int8)")),
         }
     }
 }
@@ -101,9 +107,14 @@ impl SelectedDevice {
         }
     }
 
-    /// Best of `reps` square `n`×`n` matmuls on this device, in GFLOP/s: what its
-    /// matmuls reach, to set a forward's achieved GFLOP/s beside.
+    /// Best of `reps` square `n`×`n` matmuls on this device, in GFLOP/s (int8 GOP/s
+    /// where the model computes in int8): what its matmuls reach, to set a forward's
+    /// achieved rate beside.
     pub fn matmul_gflops(&self, n: usize, reps: usize) -> Result<f64, ModelError> {
+        if self.precision == Precision::Int8 {
+            // The products that run in int8 are the qgemm kernels', not Burn's.
+            return Ok(crate::cpu::qgemm::peak_gops(n, reps));
+        }
         let device = &self.device;
         let a: Tensor<2> = Tensor::random([n, n], Distribution::Default, device);
         let b: Tensor<2> = Tensor::random([n, n], Distribution::Default, device);
@@ -259,6 +270,20 @@ pub fn select_with(
             Ok(d)
         }
         (BackendKind::Cpu, Precision::F16) => Err(BackendError::F16OnCpu),
+        (BackendKind::Wgpu, Precision::Int8) => Err(BackendError::Precision {
+            precision,
+            device: d.name,
+            reason: "int8 runs on the CPU backend's fused kernels only (use --backend cpu)".into(),
+        }),
+        (BackendKind::Cpu, Precision::Int8) => {
+            let isa = crate::cpu::qgemm::Int8Isa::detect();
+            tracing::info!(device = %d.name, kernels = isa.name(), "linear layers in int8");
+            Ok(SelectedDevice {
+                precision: Precision::Int8,
+                name: format!("{}, int8 {}", d.name, isa.name()),
+                ..d
+            })
+        }
         (BackendKind::Wgpu, Precision::F16) => {
             configure_precision(&d, Precision::F16)?;
             tracing::info!(device = %d.name, "computing in f16");
@@ -277,7 +302,8 @@ pub fn select_with(
 /// for the other one is an error that names both.
 fn configure_precision(d: &SelectedDevice, precision: Precision) -> Result<(), BackendError> {
     let want = match precision {
-        Precision::F32 => FloatDType::F32,
+        // Int8 never reaches a wgpu device (refused above); its f32 parts are f32.
+        Precision::F32 | Precision::Int8 => FloatDType::F32,
         Precision::F16 => FloatDType::F16,
     };
     let mut device = d.device.clone();

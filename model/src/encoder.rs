@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use crate::backend::{BackendKind, SelectedDevice};
+use crate::backend::{BackendKind, Precision, SelectedDevice};
 use crate::bert::Bert;
 use crate::config::BertConfig;
-use crate::cpu::CpuBert;
+use crate::cpu::{CpuBert, CpuDtype};
 use crate::params::HostParams;
 use crate::scorer::{Encoded, Layout, Limits, ModelError, Scorer};
 use crate::tokenize::PairTokenizer;
@@ -74,7 +74,11 @@ impl CrossEncoder {
             &device.device,
             device.activation_parallelism(),
         );
-        let fused = (device.backend == BackendKind::Cpu).then(|| CpuBert::new(cfg, host));
+        let dtype = match device.precision {
+            Precision::Int8 => CpuDtype::Int8,
+            Precision::F32 | Precision::F16 => CpuDtype::F32,
+        };
+        let fused = (device.backend == BackendKind::Cpu).then(|| CpuBert::new(cfg, host, dtype));
         Ok(Self {
             bert,
             fused,
@@ -158,6 +162,7 @@ impl CrossEncoder {
             self.config().check_batch(batch)?;
             match self.fused_kernels() {
                 Some(fused) => Ok(fused.forward(batch)),
+                None if self.device.precision == Precision::Int8 => Err(Self::int8_needs_fused()),
                 None => self.bert.forward_checked(batch, self.layout),
             }
         };
@@ -168,6 +173,34 @@ impl CrossEncoder {
                 "panic in the tensor backend",
             ))),
         }
+    }
+
+    fn int8_needs_fused() -> ModelError {
+        ModelError::Input(
+            "int8 runs on the fused CPU kernels with the packed layout only (not --cpu-kernels burn or a padded layout)".into(),
+        )
+    }
+
+    /// Logits and pooled [CLS] vectors (`hidden` values per pair) from the fused CPU
+    /// forward, to compare number formats (`crossbatch-server eval`); an error where
+    /// those kernels do not run.
+    pub fn forward_pooled(&self, batch: &[&Encoded]) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+        let fused = self.fused_kernels().ok_or_else(|| {
+            ModelError::Input(
+                "pooled vectors come from the fused CPU forward only (--backend cpu)".into(),
+            )
+        })?;
+        if batch.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        self.config().check_batch(batch)?;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fused.forward_pooled(batch)))
+            .map_err(|panic| {
+                ModelError::Inference(crate::scorer::panic_message(
+                    &*panic,
+                    "panic in the CPU forward",
+                ))
+            })
     }
 
     /// A forward on the fused CPU kernels that also adds each phase's wall time to

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod batcher;
 pub mod connections;
 pub mod error;
+pub mod eval;
 pub mod instance;
 pub mod metrics;
 pub mod offline_bench;

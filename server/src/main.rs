@@ -39,6 +39,10 @@ enum Command {
     Score(ScoreArgs),
     /// Forward and tokenization throughput at several batch sizes, per backend.
     Bench(BenchArgs),
+    /// What a number format (--dtypes int8) does to the scores: logits, pooled [CLS]
+    /// vectors and each query's ranking, beside f32, on a parity set and a reranking
+    /// set (CPU backend).
+    Eval(EvalArgs),
     /// Serve the crossbatch.v1.CrossEncoder gRPC API (plus health and reflection).
     Serve(serve::ServeArgs),
     /// Served throughput and overheads: the server in process, closed-loop load on loopback.
@@ -85,6 +89,9 @@ struct BenchServeArgs {
     /// Pairs per measured configuration.
     #[arg(long, default_value_t = 800)]
     pairs: usize,
+    /// Number format, offline and served alike (int8: CPU backend).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Precision,
 }
 
 #[derive(Subcommand)]
@@ -157,6 +164,37 @@ struct ScoreArgs {
 }
 
 #[derive(Args)]
+struct EvalArgs {
+    /// Model directory, hub id, or `stand-in`.
+    #[arg(long, env = "CROSSBATCH_MODEL", default_value = source::DEFAULT_MODEL_ID)]
+    model: String,
+    /// Hub revision (branch, tag or commit) when the model is a hub id.
+    #[arg(long, env = "CROSSBATCH_MODEL_REVISION", default_value = source::DEFAULT_REVISION)]
+    revision: String,
+    /// Number formats to set beside f32, comma separated (CPU backend: int8).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "int8")]
+    dtypes: Vec<Precision>,
+    /// Parity pairs (JSONL). Where every line also has `logit_f64`, `logit_f32` or
+    /// `logit` (first found), that is the reference each dtype is measured against.
+    #[arg(long, default_value = "../shared/reference/parity-64.jsonl")]
+    parity: PathBuf,
+    /// Pair file the reranking set is built from: its first --queries distinct queries,
+    /// each with its first --passages distinct passages.
+    #[arg(long, default_value = "../shared/reference/bench-800.jsonl")]
+    rerank_input: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    queries: usize,
+    #[arg(long, default_value_t = 32)]
+    passages: usize,
+    /// Pairs per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     /// Model directory, hub id, or `stand-in`.
     #[arg(long, env = "CROSSBATCH_MODEL", default_value = source::DEFAULT_MODEL_ID)]
@@ -216,6 +254,7 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Command::Score(args) => score(args),
         Command::Bench(args) => run_bench(args),
+        Command::Eval(args) => run_eval(args),
         Command::Serve(args) => run_serve(args),
         Command::BenchServe(args) => run_bench_serve(args),
         Command::Health(args) => health(args),
@@ -271,6 +310,112 @@ fn load(model: &str, revision: &str, choice: BackendChoice, gpu: &GpuArgs) -> Re
         "model loaded"
     );
     Ok(enc)
+}
+
+/// Reference logits of a parity file, where every line has one.
+fn reference_logits(text: &str) -> Option<(&'static str, Vec<f64>)> {
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).ok())
+        .collect::<Option<_>>()?;
+    ["logit_f64", "logit_f32", "logit"]
+        .into_iter()
+        .find_map(|key| {
+            let v: Option<Vec<f64>> = lines.iter().map(|l| l.get(key)?.as_f64()).collect();
+            v.map(|v| (key, v))
+        })
+}
+
+fn run_eval(args: EvalArgs) -> Result<ExitCode> {
+    use crossbatch_server::eval;
+    if args.batch == 0 || args.queries == 0 || args.passages == 0 {
+        bail!("--batch, --queries and --passages must be at least 1");
+    }
+    if let Some(d) = args.dtypes.iter().find(|d| **d == Precision::F16) {
+        bail!(
+            "--dtypes {d}: eval compares the CPU backend's formats (f32, int8); f16 runs on wgpu only"
+        );
+    }
+    let parity_text = std::fs::read_to_string(&args.parity)
+        .with_context(|| format!("reading {}", args.parity.display()))?;
+    let parity = pairs::parse_jsonl_strict(&args.parity.display().to_string(), &parity_text)
+        .map_err(anyhow::Error::msg)?;
+    let reference = reference_logits(&parity_text);
+    let rerank_pairs = pairs::read_jsonl(&args.rerank_input).map_err(anyhow::Error::msg)?;
+    let rerank = eval::rerank_set(&rerank_pairs, args.queries, args.passages);
+    if parity.is_empty() || rerank.pairs.is_empty() {
+        bail!("no pairs to evaluate");
+    }
+    let per_query = rerank.per_query;
+    let cpu = |dtype| -> Result<CrossEncoder> {
+        let gpu = GpuArgs {
+            dtype,
+            kernel_cache: None,
+        };
+        load(&args.model, &args.revision, BackendChoice::Cpu, &gpu)
+    };
+    let encode = |m: &CrossEncoder, set: &[(String, String)]| -> Result<Vec<Encoded>> {
+        Ok(set
+            .iter()
+            .map(|(q, p)| m.encode(q, p))
+            .collect::<Result<_, _>>()?)
+    };
+    let parity: Vec<(String, String)> = parity.into_iter().map(|p| (p.query, p.passage)).collect();
+    let base = cpu(Precision::F32)?;
+    let (parity_enc, rerank_enc) = (encode(&base, &parity)?, encode(&base, &rerank.pairs)?);
+    let f32_parity = eval::score(&base, &parity_enc, args.batch)?;
+    let f32_rerank = eval::score(&base, &rerank_enc, args.batch)?;
+    drop(base);
+    let refs = reference.as_ref().map(|(_, v)| v.as_slice());
+    let mut rows = Vec::new();
+    let mut dtypes = vec![Precision::F32];
+    dtypes.extend(args.dtypes.iter().copied().filter(|d| *d != Precision::F32));
+    for dtype in dtypes {
+        let (device, p, r) = if dtype == Precision::F32 {
+            let device = backend::select(BackendChoice::Cpu)?.name;
+            let again = |s: &eval::Scored| eval::Scored {
+                logits: s.logits.clone(),
+                pooled: s.pooled.clone(),
+            };
+            (device, again(&f32_parity), again(&f32_rerank))
+        } else {
+            let m = cpu(dtype)?;
+            let p = eval::score(&m, &parity_enc, args.batch)?;
+            let r = eval::score(&m, &rerank_enc, args.batch)?;
+            (m.device().name.clone(), p, r)
+        };
+        rows.push(eval::DtypeAccuracy {
+            dtype: dtype.to_string(),
+            device,
+            parity: eval::SetAccuracy::of(&p, &f32_parity, refs),
+            rerank: eval::SetAccuracy::of(&r, &f32_rerank, None),
+            ranking: eval::Ranking::of(&r, &f32_rerank, per_query),
+        });
+    }
+    let parity_name = match &reference {
+        Some((key, _)) => format!(
+            "{} ({} pairs, reference: its `{key}`)",
+            args.parity.display(),
+            parity_enc.len()
+        ),
+        None => format!(
+            "{} ({} pairs, no reference logits)",
+            args.parity.display(),
+            parity_enc.len()
+        ),
+    };
+    let rerank_name = format!(
+        "{} queries × {per_query} passages from {}",
+        rerank.queries,
+        args.rerank_input.display()
+    );
+    println!("{}", eval::markdown(&rows, &parity_name, &rerank_name));
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn score(args: ScoreArgs) -> Result<ExitCode> {
@@ -377,10 +522,11 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     };
     let mut reports = Vec::new();
     for choice in choices {
-        if choice == BackendChoice::Cpu && args.gpu.dtype != Precision::F32 {
+        let (cpu, dtype) = (choice == BackendChoice::Cpu, args.gpu.dtype);
+        if (cpu && dtype == Precision::F16) || (!cpu && dtype == Precision::Int8) {
             eprintln!(
-                "the CPU backend computes in f32 only: cpu not measured at --dtype {}",
-                args.gpu.dtype
+                "{} not measured at --dtype {dtype}: f16 runs on wgpu only, int8 on the CPU only",
+                if cpu { "cpu" } else { "wgpu" },
             );
             continue;
         }
@@ -451,7 +597,7 @@ fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
             &args.revision,
             args.backend,
             &GpuArgs {
-                dtype: Precision::F32,
+                dtype: args.dtype,
                 kernel_cache: None,
             },
         )?;
@@ -468,12 +614,15 @@ fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
             .collect()
     };
     let backend = format!("{:?}", args.backend).to_lowercase();
+    let dtype = args.dtype.to_string();
     let base = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = [
             "--model",
             model_dir.to_str().unwrap_or_default(),
             "--backend",
             &backend,
+            "--dtype",
+            &dtype,
             "--max-batch",
             "96",
             "--batch-timeout-ms",

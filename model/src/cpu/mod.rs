@@ -15,6 +15,9 @@ mod attention;
 mod gemm;
 mod kernels;
 mod math;
+pub mod qgemm;
+#[cfg(target_arch = "x86_64")]
+mod qgemm_x86;
 pub mod simd;
 
 use rayon::prelude::*;
@@ -24,6 +27,7 @@ use crate::params::{Dense, HostParams, Norm, concat_cols};
 use crate::scorer::Encoded;
 use crate::weights::HostTensor;
 use gemm::{View, matmul};
+use qgemm::{Int8Isa, QuantRows, QuantWeights};
 use std::ops::Range;
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
@@ -104,6 +108,8 @@ struct Buffers {
     next: Vec<f32>,
     /// Keys and values of the last layer.
     kv: Vec<f32>,
+    /// A product's input, quantized (int8 only).
+    xq: QuantRows,
 }
 
 /// Resizes without writing the kept part: the next kernel overwrites every element.
@@ -123,6 +129,49 @@ struct Layer {
     ffn_in: Dense<HostTensor, Vec<f32>>,
     ffn_out: Dense<HostTensor, Vec<f32>>,
     ffn_norm: Norm<Vec<f32>>,
+    /// The same products' weights in int8, where the model computes in int8.
+    int8: Option<LayerInt8>,
+}
+
+/// A layer's linear weights quantized per output column (`--dtype int8`).
+struct LayerInt8 {
+    qkv: QuantWeights,
+    /// The query and the key/value columns of `qkv` on their own: the last layer
+    /// projects them from different rows.
+    q: QuantWeights,
+    kv: QuantWeights,
+    attn_out: QuantWeights,
+    ffn_in: QuantWeights,
+    ffn_out: QuantWeights,
+}
+
+impl LayerInt8 {
+    fn quantize(
+        qkv: &HostTensor,
+        attn_out: &HostTensor,
+        ffn_in: &HostTensor,
+        ffn_out: &HostTensor,
+    ) -> Self {
+        let all = |t: &HostTensor| QuantWeights::quantize(&t.data, t.shape[1], 0..t.shape[1]);
+        let (w, h) = (qkv.shape[1], qkv.shape[1] / 3);
+        Self {
+            qkv: all(qkv),
+            q: QuantWeights::quantize(&qkv.data, w, 0..h),
+            kv: QuantWeights::quantize(&qkv.data, w, h..w),
+            attn_out: all(attn_out),
+            ffn_in: all(ffn_in),
+            ffn_out: all(ffn_out),
+        }
+    }
+}
+
+/// The number format of the CPU forward's linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuDtype {
+    F32,
+    /// Weights per output column and activations per row in int8 (see [`qgemm`]);
+    /// attention, softmax, norms and GELU stay f32.
+    Int8,
 }
 
 pub struct CpuBert {
@@ -134,6 +183,7 @@ pub struct CpuBert {
     layers: Vec<Layer>,
     pooler: Dense<HostTensor, Vec<f32>>,
     classifier: Dense<HostTensor, Vec<f32>>,
+    dtype: CpuDtype,
     /// Activation buffers kept between forwards: fresh ones would be zeroed (and their
     /// pages faulted in) on every call. A concurrent caller gets its own.
     buffers: Mutex<Buffers>,
@@ -143,16 +193,57 @@ fn view(t: &HostTensor) -> View<'_> {
     View::new(&t.data, t.shape[0], t.shape[1])
 }
 
-/// `out = x · w[:, cols]`, without the bias: the kernel that reads `out` next adds it.
-fn project(out: &mut Vec<f32>, x: View<'_>, d: &Dense<HostTensor, Vec<f32>>, cols: Range<usize>) {
-    let n = cols.len();
-    fit(out, x.rows * n);
-    matmul(out, n, x, view(&d.weight).columns(cols.start, n), false);
+/// A product's weights: f32 columns of a dense layer, or their int8 copy (with the
+/// buffer its input is quantized into).
+enum Weights<'a> {
+    F32(&'a Dense<HostTensor, Vec<f32>>, Range<usize>),
+    Int8(&'a QuantWeights, &'a mut QuantRows),
+}
+
+impl<'a> Weights<'a> {
+    /// Columns `cols` of `d`, or `int8` (the same columns quantized) where present.
+    fn of(
+        d: &'a Dense<HostTensor, Vec<f32>>,
+        cols: Range<usize>,
+        int8: Option<(&'a QuantWeights, &'a mut QuantRows)>,
+    ) -> Self {
+        match int8 {
+            Some((q, rows)) => {
+                assert_eq!(q.cols(), cols.len(), "int8 weights for other columns");
+                Weights::Int8(q, rows)
+            }
+            None => Weights::F32(d, cols),
+        }
+    }
+}
+
+/// `out = x · w`, without the bias: the kernel that reads `out` next adds it.
+fn project(out: &mut Vec<f32>, x: View<'_>, w: Weights<'_>) {
+    match w {
+        Weights::F32(d, cols) => {
+            let n = cols.len();
+            fit(out, x.rows * n);
+            matmul(out, n, x, view(&d.weight).columns(cols.start, n), false);
+        }
+        Weights::Int8(q, rows) => {
+            let n = q.cols();
+            fit(out, x.rows * n);
+            let isa = Int8Isa::detect();
+            rows.fill(x, isa);
+            qgemm::matmul(out, n, rows, q, isa);
+        }
+    }
 }
 
 /// `x · w[:, cols] + bias[cols]`.
-fn dense(out: &mut Vec<f32>, x: View<'_>, d: &Dense<HostTensor, Vec<f32>>, cols: Range<usize>) {
-    project(out, x, d, cols.clone());
+fn dense(
+    out: &mut Vec<f32>,
+    x: View<'_>,
+    d: &Dense<HostTensor, Vec<f32>>,
+    cols: Range<usize>,
+    int8: Option<(&QuantWeights, &mut QuantRows)>,
+) {
+    project(out, x, Weights::of(d, cols.clone(), int8));
     let bias = &d.bias[cols];
     out.par_chunks_mut(bias.len() * ROW_BLOCK).for_each(|rows| {
         for row in rows.chunks_exact_mut(bias.len()) {
@@ -181,20 +272,33 @@ fn add_norm(x: &mut [f32], bias: &[f32], residual: Option<&[f32]>, n: &Norm<Vec<
 
 impl CpuBert {
     /// Takes the host parameters (no copy of the big tables beyond the fused QKV).
-    pub fn new(cfg: BertConfig, p: HostParams) -> Self {
+    /// In `dtype`, the linear layers quantized here where it is int8.
+    pub fn new(cfg: BertConfig, p: HostParams, dtype: CpuDtype) -> Self {
         let layers = p
             .layers
             .into_iter()
-            .map(|l| Layer {
-                qkv: Dense {
-                    weight: concat_cols(&l.query.weight, &l.key_value.weight),
-                    bias: [l.query.bias, l.key_value.bias].concat(),
-                },
-                attn_out: l.attn_out,
-                attn_norm: l.attn_norm,
-                ffn_in: l.ffn_in,
-                ffn_out: l.ffn_out,
-                ffn_norm: l.ffn_norm,
+            .map(|l| {
+                let qkv = concat_cols(&l.query.weight, &l.key_value.weight);
+                let int8 = (dtype == CpuDtype::Int8).then(|| {
+                    LayerInt8::quantize(
+                        &qkv,
+                        &l.attn_out.weight,
+                        &l.ffn_in.weight,
+                        &l.ffn_out.weight,
+                    )
+                });
+                Layer {
+                    qkv: Dense {
+                        weight: qkv,
+                        bias: [l.query.bias, l.key_value.bias].concat(),
+                    },
+                    attn_out: l.attn_out,
+                    attn_norm: l.attn_norm,
+                    ffn_in: l.ffn_in,
+                    ffn_out: l.ffn_out,
+                    ffn_norm: l.ffn_norm,
+                    int8,
+                }
             })
             .collect();
         Self {
@@ -206,23 +310,35 @@ impl CpuBert {
             layers,
             pooler: p.pooler,
             classifier: p.classifier,
+            dtype,
             buffers: Mutex::default(),
         }
+    }
+
+    pub fn dtype(&self) -> CpuDtype {
+        self.dtype
     }
 
     /// Raw logits, one per sequence, in order (inputs already checked by the caller).
     pub fn forward(&self, batch: &[&Encoded]) -> Vec<f32> {
         // On a pool thread, so every parallel step below is split from there rather
         // than handed over from (and waited for by) the caller's thread.
+        rayon::scope(|_| self.forward_on_pool(batch, &mut Clock::off()).0)
+    }
+
+    /// Logits and the pooled [CLS] vectors (`hidden` values per sequence, after the
+    /// pooler's tanh), to compare number formats by more than one value per pair.
+    pub fn forward_pooled(&self, batch: &[&Encoded]) -> (Vec<f32>, Vec<f32>) {
         rayon::scope(|_| self.forward_on_pool(batch, &mut Clock::off()))
     }
 
     /// [`forward`](Self::forward), adding the wall time of each phase to `phases`.
     pub fn forward_profiled(&self, batch: &[&Encoded], phases: &mut PhaseTimes) -> Vec<f32> {
-        rayon::scope(|_| self.forward_on_pool(batch, &mut Clock::on(phases)))
+        rayon::scope(|_| self.forward_on_pool(batch, &mut Clock::on(phases)).0)
     }
 
-    fn forward_on_pool(&self, batch: &[&Encoded], clock: &mut Clock<'_>) -> Vec<f32> {
+    /// Logits and pooled vectors.
+    fn forward_on_pool(&self, batch: &[&Encoded], clock: &mut Clock<'_>) -> (Vec<f32>, Vec<f32>) {
         let h = self.cfg.hidden_size;
         let heads = self.cfg.num_attention_heads;
         let dh = self.cfg.head_dim();
@@ -252,11 +368,19 @@ impl CpuBert {
             ffn,
             next,
             kv,
+            xq,
         } = buf;
         let n_layers = self.layers.len();
         for (li, layer) in self.layers.iter().enumerate() {
             if li + 1 < n_layers {
-                dense(qkv, View::new(&x, tokens, h), &layer.qkv, 0..3 * h);
+                let int8 = layer.int8.as_ref();
+                dense(
+                    qkv,
+                    View::new(&x, tokens, h),
+                    &layer.qkv,
+                    0..3 * h,
+                    int8.map(|q| (&q.qkv, &mut *xq)),
+                );
                 clock.lap("QKV projection");
                 fit(ctx, tokens * h);
                 let inp = attention::Inputs {
@@ -271,18 +395,31 @@ impl CpuBert {
                 };
                 attention::attend(&inp, &seqs, ctx, h);
                 clock.lap("attention");
-                self.block_tail(layer, ctx, &x, tokens, a, ffn, next, clock);
+                self.block_tail(layer, ctx, &x, tokens, a, ffn, next, xq, clock);
                 std::mem::swap(&mut x, next);
             } else {
                 // Only the [CLS] rows reach the pooler: keys and values for every token,
                 // everything else for one row per sequence.
-                dense(kv, View::new(&x, tokens, h), &layer.qkv, h..3 * h);
+                let int8 = layer.int8.as_ref();
+                dense(
+                    kv,
+                    View::new(&x, tokens, h),
+                    &layer.qkv,
+                    h..3 * h,
+                    int8.map(|q| (&q.kv, &mut *xq)),
+                );
                 let cls: Vec<f32> = seqs
                     .iter()
                     .flat_map(|s| x[s.kv_start * h..(s.kv_start + 1) * h].iter().copied())
                     .collect();
                 let b = seqs.len();
-                dense(qkv, View::new(&cls, b, h), &layer.qkv, 0..h);
+                dense(
+                    qkv,
+                    View::new(&cls, b, h),
+                    &layer.qkv,
+                    0..h,
+                    int8.map(|q| (&q.q, &mut *xq)),
+                );
                 clock.lap("QKV projection");
                 for (i, s) in seqs.iter_mut().enumerate() {
                     s.q_start = i;
@@ -301,13 +438,13 @@ impl CpuBert {
                 };
                 attention::attend(&inp, &seqs, ctx, h);
                 clock.lap("attention");
-                self.block_tail(layer, ctx, &cls, b, a, ffn, next, clock);
+                self.block_tail(layer, ctx, &cls, b, a, ffn, next, xq, clock);
                 std::mem::swap(&mut x, next);
             }
         }
-        let logits = self.head(&x, seqs.len());
+        let out = self.head(&x, seqs.len());
         clock.lap("pooler + classifier");
-        logits
+        out
     }
 
     /// The kept activation buffers, or `None` while another forward holds them. A
@@ -356,30 +493,36 @@ impl CpuBert {
         a: &mut Vec<f32>,
         ffn: &mut Vec<f32>,
         out: &mut Vec<f32>,
+        xq: &mut QuantRows,
         clock: &mut Clock<'_>,
     ) {
         let (h, inter) = (self.cfg.hidden_size, self.cfg.intermediate_size);
-        project(a, View::new(ctx, rows, h), &layer.attn_out, 0..h);
+        let int8 = layer.int8.as_ref();
+        let w = Weights::of(&layer.attn_out, 0..h, int8.map(|q| (&q.attn_out, &mut *xq)));
+        project(a, View::new(ctx, rows, h), w);
         clock.lap("attention output projection");
         add_norm(a, &layer.attn_out.bias, Some(x), &layer.attn_norm);
         clock.lap("bias + residual + layer norm");
-        project(ffn, View::new(a, rows, h), &layer.ffn_in, 0..inter);
+        let w = Weights::of(&layer.ffn_in, 0..inter, int8.map(|q| (&q.ffn_in, &mut *xq)));
+        project(ffn, View::new(a, rows, h), w);
         clock.lap("FFN in (384 -> 1536)");
         let bias = &layer.ffn_in.bias;
         ffn.par_chunks_mut(inter * ROW_BLOCK)
             .for_each(|rows| kernels::bias_gelu(rows, bias));
         clock.lap("bias + GELU");
-        project(out, View::new(ffn, rows, inter), &layer.ffn_out, 0..h);
+        let w = Weights::of(&layer.ffn_out, 0..h, int8.map(|q| (&q.ffn_out, &mut *xq)));
+        project(out, View::new(ffn, rows, inter), w);
         clock.lap("FFN out (1536 -> 384)");
         add_norm(out, &layer.ffn_out.bias, Some(a), &layer.ffn_norm);
         clock.lap("bias + residual + layer norm");
     }
 
-    /// Pooler (tanh) over the [CLS] states, then the one-logit classifier.
-    fn head(&self, cls: &[f32], b: usize) -> Vec<f32> {
+    /// Pooler (tanh) over the [CLS] states, then the one-logit classifier (both f32
+    /// in every dtype: a few rows). Returns the logits and the pooled vectors.
+    fn head(&self, cls: &[f32], b: usize) -> (Vec<f32>, Vec<f32>) {
         let h = self.cfg.hidden_size;
         let mut pooled = Vec::new();
-        dense(&mut pooled, View::new(cls, b, h), &self.pooler, 0..h);
+        dense(&mut pooled, View::new(cls, b, h), &self.pooler, 0..h, None);
         pooled.iter_mut().for_each(|v| *v = v.tanh());
         let mut logits = Vec::new();
         dense(
@@ -387,8 +530,9 @@ impl CpuBert {
             View::new(&pooled, b, h),
             &self.classifier,
             0..1,
+            None,
         );
-        logits
+        (logits, pooled)
     }
 }
 
@@ -446,7 +590,7 @@ mod tests {
             pooler: dense(h, h, 4),
             classifier: dense(h, 1, 5),
         };
-        CpuBert::new(cfg, params)
+        CpuBert::new(cfg, params, CpuDtype::F32)
     }
 
     fn encoded(len: usize) -> Encoded {
