@@ -78,6 +78,9 @@ pub fn markdown(r: &Report, plots: &Plots) -> String {
                 w,
                 "**Dynamic Batching:** enabled (max_batch={mb}, timeout={t}ms{policy})\n"
             );
+            if !r.max_batch_chosen_by.is_empty() {
+                let _ = writeln!(w, "**Max batch set by:** {}\n", md(&r.max_batch_chosen_by));
+            }
         }
         _ => {
             let _ = writeln!(

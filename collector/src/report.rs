@@ -131,6 +131,8 @@ pub struct Report {
     pub backend: String,
     pub device: String,
     pub max_batch: Option<u64>,
+    /// How the server set it: `--max-batch`, or `auto: …` with what its warm-up measured.
+    pub max_batch_chosen_by: String,
     pub batch_timeout_ms: Option<u64>,
     pub batch_policy: String,
     pub configs: Vec<ConfigReport>,
@@ -592,6 +594,7 @@ pub fn build(d: &RunData, meta: &Meta) -> Report {
             server.device.clone()
         },
         max_batch: (server.max_batch > 0).then_some(server.max_batch),
+        max_batch_chosen_by: server.max_batch_chosen_by.clone(),
         batch_timeout_ms: (server.max_batch > 0).then_some(server.batch_timeout_ms),
         batch_policy: server.batch_policy.clone(),
         overall: overall(&cfgs),

@@ -143,6 +143,7 @@ pub struct RunDone {
     pub backend: String,
     pub device: String,
     pub max_batch: u64,
+    pub max_batch_chosen_by: String,
     pub batch_timeout_ms: u64,
     pub batch_policy: String,
     pub start_unix_ns: u64,

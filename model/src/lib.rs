@@ -18,12 +18,12 @@ pub mod scorer;
 pub mod source;
 pub mod standin;
 pub mod tokenize;
-mod warmup;
+pub mod warmup;
 pub mod weights;
 
 pub use bert::Bert;
 pub use config::BertConfig;
 pub use encoder::{CpuKernels, CrossEncoder, is_standin_head};
 pub use scorer::{Encoded, Layout, Limits, ModelError, Scorer, padded_len, panic_message};
-pub use warmup::{WarmupMode, WarmupReport, padded_shapes};
+pub use warmup::{BatchChoice, WarmupMode, WarmupReport, padded_shapes};
 pub use weights::{Checkpoint, KeyLayout};

@@ -101,6 +101,90 @@ impl CrossEncoder {
     }
 }
 
+/// What [`CrossEncoder::choose_batch`] measured and chose.
+#[derive(Debug, Clone)]
+pub struct BatchChoice {
+    pub chosen: usize,
+    /// `(batch, best seconds per pair)` for every batch size timed.
+    pub per_pair: Vec<(usize, f64)>,
+    /// Tokens per synthetic pair.
+    pub tokens: usize,
+}
+
+impl BatchChoice {
+    /// e.g. "1: 15.1 ms, 2: 13.2 ms, 4: 12.6 ms, …" per pair.
+    pub fn describe(&self) -> String {
+        self.per_pair
+            .iter()
+            .map(|(b, s)| format!("{b}: {:.2} ms", s * 1e3))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// How far above the best per-pair cost a batch size may be and still be chosen: past
+/// it, a larger batch buys throughput; within it, only latency.
+pub const NEAR_BEST: f64 = 0.05;
+
+/// The smallest batch whose cost per pair is within [`NEAR_BEST`] of the lowest: on a
+/// CPU the per-pair cost flattens early, and a batch larger than that only makes its
+/// pairs wait for one another.
+pub fn smallest_near_best(per_pair: &[(usize, f64)]) -> Option<usize> {
+    let best = per_pair
+        .iter()
+        .map(|&(_, s)| s)
+        .fold(f64::INFINITY, f64::min);
+    per_pair
+        .iter()
+        .filter(|&&(_, s)| s <= best * (1.0 + NEAR_BEST))
+        .map(|&(b, _)| b)
+        .min()
+}
+
+/// Largest batch [`CrossEncoder::choose_batch`] times: the CPU's per-pair cost is flat
+/// well before it, and the timing must stay a second or two of start-up.
+pub const CHOOSE_UP_TO: usize = 32;
+
+impl CrossEncoder {
+    /// Times forwards of 1, 2, 4, … pairs of `tokens` tokens, up to `cap` (and at most
+    /// [`CHOOSE_UP_TO`] and what `max_batch_tokens` holds), best of `rounds` each, and
+    /// chooses the smallest batch within [`NEAR_BEST`] of the lowest cost per pair.
+    pub fn choose_batch(
+        &self,
+        cap: usize,
+        max_batch_tokens: usize,
+        tokens: usize,
+        rounds: usize,
+    ) -> Result<BatchChoice, ModelError> {
+        let top = cap
+            .min(CHOOSE_UP_TO)
+            .min(max_batch_tokens / tokens.max(1))
+            .max(1);
+        let mut sizes: Vec<usize> = std::iter::successors(Some(1usize), |b| Some(b * 2))
+            .take_while(|&b| b < top)
+            .collect();
+        sizes.push(top);
+        let one = synthetic(tokens, self.config().vocab_size);
+        let mut per_pair: Vec<(usize, f64)> = sizes.iter().map(|&b| (b, f64::INFINITY)).collect();
+        // Rounds go over every size in turn, so a slow moment of a shared machine
+        // lands on one round of each rather than on every round of one size.
+        for _ in 0..rounds.max(1) {
+            for (b, best) in per_pair.iter_mut() {
+                let batch: Vec<&Encoded> = std::iter::repeat_n(&one, *b).collect();
+                let t = Instant::now();
+                self.forward(&batch)?;
+                *best = best.min(t.elapsed().as_secs_f64() / *b as f64);
+            }
+        }
+        let chosen = smallest_near_best(&per_pair).unwrap_or(top);
+        Ok(BatchChoice {
+            chosen,
+            per_pair,
+            tokens,
+        })
+    }
+}
+
 /// A pair of exactly `len` tokens: `[CLS] q [SEP] p [SEP]` with ordinary word ids.
 fn synthetic(len: usize, vocab: usize) -> Encoded {
     let len = len.max(3);
@@ -160,6 +244,29 @@ mod tests {
             s,
             vec![(1, 32), (2, 32), (4, 32), (1, 64), (2, 64), (4, 64)]
         );
+    }
+
+    #[test]
+    fn the_smallest_batch_near_the_best_cost_per_pair_is_chosen() {
+        // Flat from 8 on (within 5% of the best at 32): 8.
+        let flat = [
+            (1, 15.0),
+            (2, 13.5),
+            (4, 12.9),
+            (8, 12.5),
+            (16, 12.2),
+            (32, 12.0),
+        ];
+        assert_eq!(smallest_near_best(&flat), Some(8));
+        // Still falling steeply: the largest.
+        let falling = [(1, 40.0), (2, 20.0), (4, 10.0), (8, 5.0)];
+        assert_eq!(smallest_near_best(&falling), Some(8));
+        // Best at 1 (larger batches cost more per pair): 1.
+        assert_eq!(
+            smallest_near_best(&[(1, 10.0), (2, 10.6), (4, 11.0)]),
+            Some(1)
+        );
+        assert_eq!(smallest_near_best(&[]), None);
     }
 
     #[test]

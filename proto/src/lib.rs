@@ -152,6 +152,8 @@ pub mod attrs {
     pub const SERVER_BACKEND: &str = "server.backend";
     pub const SERVER_DEVICE: &str = "server.device";
     pub const SERVER_MAX_BATCH: &str = "server.max_batch";
+    /// How the server's max batch was set (`--max-batch`, or `auto: …`).
+    pub const SERVER_MAX_BATCH_CHOSEN_BY: &str = "server.max_batch_chosen_by";
     pub const SERVER_TIMEOUT_MS: &str = "server.batch_timeout_ms";
     pub const SERVER_POLICY: &str = "server.batch_policy";
     pub const SERVER_VERSION: &str = "server.version";

@@ -52,9 +52,11 @@ pub struct ServeArgs {
     /// [default: ~/.cache/crossbatch/kernels].
     #[arg(long, env = "CROSSBATCH_KERNEL_CACHE")]
     pub kernel_cache: Option<std::path::PathBuf>,
-    /// Pairs per forward pass at most.
-    #[arg(long, env = "CROSSBATCH_MAX_BATCH", default_value_t = 96)]
-    pub max_batch: usize,
+    /// Pairs per forward pass at most, or `auto`: on the CPU the smallest batch whose
+    /// cost per pair the warm-up measured within 5% of the best (larger batches there
+    /// buy no throughput, only latency), at most 96; 96 on a GPU.
+    #[arg(long, env = "CROSSBATCH_MAX_BATCH", default_value = "auto", value_parser = MaxBatch::parse)]
+    pub max_batch: MaxBatch,
     /// deadline policy: how long a batch waits for more pairs after its oldest arrived.
     #[arg(long, env = "CROSSBATCH_BATCH_TIMEOUT_MS", default_value_t = 20)]
     pub batch_timeout_ms: u64,
@@ -142,6 +144,46 @@ pub struct ServeArgs {
 }
 
 /// A duration as `500ms`, `30s`, `2m`, or a plain number of seconds (`1.5`).
+/// `--max-batch`: a number of pairs, or chosen at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxBatch {
+    Auto,
+    Fixed(usize),
+}
+
+impl MaxBatch {
+    /// What `auto` allows at most, and what it means on a GPU.
+    pub const AUTO_CAP: usize = 96;
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(Self::Auto),
+            n => match n.parse::<usize>() {
+                Ok(0) => Err("must be at least 1 (or auto)".into()),
+                Ok(n) => Ok(Self::Fixed(n)),
+                Err(_) => Err(format!("{n:?} is neither a number of pairs nor auto")),
+            },
+        }
+    }
+
+    /// The largest batch this setting can produce.
+    pub fn cap(self) -> usize {
+        match self {
+            Self::Auto => Self::AUTO_CAP,
+            Self::Fixed(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for MaxBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
@@ -243,9 +285,6 @@ impl ServeArgs {
 
     fn validate(&self) -> Result<(), StartError> {
         let bad = |m: String| Err(StartError::Config(m));
-        if self.max_batch == 0 {
-            return bad("--max-batch must be at least 1".into());
-        }
         if self.max_client_batch == 0 {
             return bad("--max-client-batch must be at least 1".into());
         }
@@ -262,6 +301,36 @@ impl ServeArgs {
             ));
         }
         Ok(())
+    }
+}
+
+/// Mean tokens per pair that `--max-batch auto` times (an MS MARCO query and passage
+/// come to about 100).
+const CHOOSE_TOKENS: usize = 100;
+
+/// The batch cap, and how it was set (for the log, `Info` and the report).
+fn choose_max_batch(model: &CrossEncoder, args: &ServeArgs) -> Result<(usize, String), StartError> {
+    match args.max_batch {
+        MaxBatch::Fixed(n) => Ok((n, "--max-batch".into())),
+        MaxBatch::Auto
+            if model.device().backend == backend::BackendKind::Cpu
+                && model.layout() == Layout::Packed =>
+        {
+            let c =
+                model.choose_batch(MaxBatch::AUTO_CAP, args.max_batch_tokens, CHOOSE_TOKENS, 2)?;
+            let how = format!(
+                "auto: smallest batch within {:.0}% of the best cost per pair at {} tokens ({})",
+                100.0 * crossbatch_model::warmup::NEAR_BEST,
+                c.tokens,
+                c.describe()
+            );
+            tracing::info!(
+                max_batch = c.chosen,
+                "max batch chosen by the warm-up: {how}"
+            );
+            Ok((c.chosen, how))
+        }
+        MaxBatch::Auto => Ok((MaxBatch::AUTO_CAP, "auto: the GPU default".into())),
     }
 }
 
@@ -298,13 +367,14 @@ fn load(
         )));
     }
     // Warm-up: allocations on the CPU, kernel compilation (and autotune) on wgpu.
-    let warm = model.warm_up(args.warmup, args.max_batch, args.max_batch_tokens)?;
+    let warm = model.warm_up(args.warmup, args.max_batch.cap(), args.max_batch_tokens)?;
     tracing::info!(
         mode = ?warm.mode,
         shapes = warm.shapes.len(),
         seconds = format!("{:.1}", warm.elapsed.as_secs_f64()),
         "warmed up"
     );
+    let max_batch = choose_max_batch(&model, args)?;
     let warm_pairs: usize = warm.shapes.iter().map(|&(pairs, _)| pairs).sum();
     let warm_seconds_per_pair = warm.elapsed.as_secs_f64() / warm_pairs.max(1) as f64;
     let policy = args.batch_policy.resolve(model.device().backend);
@@ -313,7 +383,8 @@ fn load(
         stand_in: model.is_standin(),
         backend: model.device().backend.to_string(),
         device: model.device().name.clone(),
-        max_batch: args.max_batch as u32,
+        max_batch: max_batch.0 as u32,
+        max_batch_chosen_by: max_batch.1.clone(),
         batch_timeout_ms: args.batch_timeout_ms as u32,
         max_batch_tokens: args.max_batch_tokens as u32,
         max_input_length: max_len as u32,
@@ -336,7 +407,7 @@ fn load(
     let device = model.device().clone();
     let model: Arc<dyn Scorer> = Arc::new(model);
     let cfg = BatcherConfig {
-        max_batch: args.max_batch,
+        max_batch: max_batch.0,
         timeout: Duration::from_millis(args.batch_timeout_ms),
         max_batch_tokens: args.max_batch_tokens,
         max_queue_pairs: args.max_queue_pairs,

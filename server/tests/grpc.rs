@@ -75,7 +75,7 @@ async fn grpc_scores_equal_offline_scores_for_the_parity_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pair_scores_the_same_alone_and_in_a_batch_of_96() {
-    let server = Server::start(&["--batch-timeout-ms", "5"]).await;
+    let server = Server::start(&["--batch-timeout-ms", "5", "--max-batch", "96"]).await;
     let mut c = server.client().await;
     let rows = crossbatch_testkit::parity::reference_rows().expect("reference rows");
     let target = pair(&rows[0].query, &rows[0].passage);
@@ -185,6 +185,11 @@ async fn overload_is_refused_at_once_and_the_server_recovers() {
         err.message()
     );
     assert!(!first.is_finished(), "the first call was still queued");
+    let info = c.info(InfoRequest {}).await.expect("info").into_inner();
+    assert_eq!(
+        (info.max_batch, info.max_batch_chosen_by.as_str()),
+        (9, "--max-batch")
+    );
     // One more pair fits and fills the batch: both calls are answered.
     let after = c
         .score(raw(vec![pair("one", "more")]))
@@ -321,7 +326,23 @@ async fn rerank_sorts_best_first_with_top_n_and_text() {
         info.batch_policy, "eager",
         "the default, auto, is eager on the CPU"
     );
-    assert_eq!(info.max_batch, 96);
+    // The default cap, auto, is measured on the CPU: the smallest batch within 5% of
+    // the best cost per pair, among the sizes the warm-up timed (1, 2, 4, … 32).
+    assert!(
+        info.max_batch_chosen_by
+            .starts_with("auto: smallest batch within 5%"),
+        "{}",
+        info.max_batch_chosen_by
+    );
+    assert!(
+        [1, 2, 4, 8, 16, 32].contains(&info.max_batch)
+            && info
+                .max_batch_chosen_by
+                .contains(&format!("{}: ", info.max_batch)),
+        "max batch {} from {}",
+        info.max_batch,
+        info.max_batch_chosen_by
+    );
     assert_eq!(info.max_input_length, 512);
     server.stop().await;
 }

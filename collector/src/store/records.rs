@@ -80,6 +80,8 @@ impl Store {
                 backend: str_attr(at, a::SERVER_BACKEND).unwrap_or_default(),
                 device: str_attr(at, a::SERVER_DEVICE).unwrap_or_default(),
                 max_batch: int_attr(at, a::SERVER_MAX_BATCH).unwrap_or(0).max(0) as u64,
+                max_batch_chosen_by: str_attr(at, a::SERVER_MAX_BATCH_CHOSEN_BY)
+                    .unwrap_or_default(),
                 batch_timeout_ms: int_attr(at, a::SERVER_TIMEOUT_MS).unwrap_or(0).max(0) as u64,
                 batch_policy: str_attr(at, a::SERVER_POLICY).unwrap_or_default(),
                 start_unix_ns: s.start_time_unix_nano,

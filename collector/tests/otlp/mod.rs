@@ -230,6 +230,8 @@ pub fn run_done(p: &Peer, calls: i64) -> Span {
             kv(a::SERVER_DEVICE, s(&p.device)),
             kv(a::SERVER_POLICY, s(&p.policy)),
             kv(a::SERVER_MAX_BATCH, i(8)),
+            // The policy's peer text again: how max batch was set is a peer string too.
+            kv(a::SERVER_MAX_BATCH_CHOSEN_BY, s(&p.policy)),
             kv(a::SERVER_TIMEOUT_MS, i(5)),
         ],
         ..Default::default()
