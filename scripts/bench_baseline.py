@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""PyTorch side of `make bench-baseline`, and the side-by-side table.
+"""PyTorch and ONNX Runtime sides of `make bench-baseline`, and the side-by-side table.
 
 `torch`: times sentence-transformers' CrossEncoder.predict(pairs, batch_size=B) (what
 a team would otherwise run; it tokenizes inside and sorts by length) and, for a
 like-for-like view of the forward alone, the HF model on pre-tokenized, length-sorted
-batches under inference_mode. `table`: merges those with crossbatch's `bench --json`
-files of the same run into one table.
+batches under inference_mode. `export`: the model to ONNX (opset 17), then ONNX
+Runtime's BERT graph fusions, then its dynamic int8 quantization (per channel, what
+sentence-transformers' qint8 exports do). `ort`: times one of those on the same
+pre-tokenized batches as the torch forward, and scores the parity pairs for the
+accuracy columns. `table`: merges every side's JSON of the same run into one table.
 
 Each timed pass records the CPU time other processes used meanwhile (/proc/stat
 minus this process); a pass where that exceeds 5% of the machine is flagged.
@@ -120,54 +123,189 @@ def measure_torch(args):
                    "threads": torch.get_num_threads(), "flagged": flagged}, f)
 
 
+def pad_batches(tok, pairs, b):
+    """Length-sorted, padded, pre-tokenized batches (numpy int64), as the torch forward."""
+    ordered = sorted(pairs, key=lambda p: -(len(p[0]) + len(p[1])))
+    return [
+        {k: v.astype("int64") for k, v in tok([q for q, _ in ordered[i : i + b]],
+                                              [d for _, d in ordered[i : i + b]],
+                                              padding=True, truncation=True, return_tensors="np").items()}
+        for i in range(0, len(ordered), b)
+    ]
+
+
+def export(args):
+    """model.onnx (opset 17), model-opt.onnx (BERT fusions), model-int8.onnx (dynamic int8)."""
+    import onnx
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    os.makedirs(args.out, exist_ok=True)
+    cfg = AutoConfig.from_pretrained(args.model)
+    hf = AutoModelForSequenceClassification.from_pretrained(args.model).eval()
+    ids = torch.ones(2, 16, dtype=torch.long)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    axes = {n: {0: "batch", 1: "seq"} for n in names} | {"logits": {0: "batch"}}
+    plain, opt, int8 = (os.path.join(args.out, f) for f in ("model.onnx", "model-opt.onnx", "model-int8.onnx"))
+    with torch.inference_mode():
+        torch.onnx.export(hf, (ids, torch.ones_like(ids), torch.zeros_like(ids)), plain, input_names=names,
+                          output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    optimize_model(plain, model_type="bert", num_heads=cfg.num_attention_heads,
+                   hidden_size=cfg.hidden_size).save_model_to_file(opt)
+    # The fused graph's contrib ops defeat ONNX shape inference; the quantizer then
+    # needs to be told that untyped tensors are float (its own error message says so).
+    quantize_dynamic(opt, int8, weight_type=QuantType.QInt8, per_channel=True,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    print(f"  exported {plain}, {opt}, {int8}", file=sys.stderr)
+
+
+def measure_ort(args):
+    """One graph at one batch size: `--repeat` timed passes, and the parity pairs' logits."""
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(args.graph, so, providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in sess.get_inputs()}
+    tok = AutoTokenizer.from_pretrained(args.model)
+    run = lambda x: sess.run(["logits"], {k: v for k, v in x.items() if k in wanted})[0]
+    with open(args.input) as f:
+        pairs = [(r["query"], r["passage"]) for r in map(json.loads, filter(str.strip, f))]
+    feats = pad_batches(tok, pairs, args.batch)
+    run(feats[0])
+    forward, flagged = [], []
+    for rep in range(args.repeat):
+        with Pass() as p:
+            for x in feats:
+                run(x)
+        forward.append(len(pairs) / p.wall)
+        if p.other is not None and p.other > CONTENDED * p.wall * os.cpu_count():
+            flagged.append(f"ort {args.dtype} batch {args.batch}: other processes used {p.other:.1f} CPU-s")
+    parity = []
+    if args.parity:
+        with open(args.parity) as f:
+            for r in map(json.loads, filter(str.strip, f)):
+                x = tok([r["query"]], [r["passage"]], truncation=True, return_tensors="np")
+                parity.append(float(run({k: v.astype(np.int64) for k, v in x.items()})[0][0]))
+    print(f"  ort {args.dtype} batch {args.batch}: {', '.join(f'{v:.1f}' for v in forward)} pairs/s",
+          file=sys.stderr)
+    with open(args.json, "w") as f:
+        json.dump({"batch": args.batch, "dtype": args.dtype, "pairs": len(pairs), "forward": forward,
+                   "ort": ort.__version__, "threads": args.threads, "flagged": flagged,
+                   "parity_logits": parity}, f)
+
+
 def spread(v):
     return f"{statistics.median(v):.1f} ({min(v):.1f}–{max(v):.1f})"
 
 
+def median_or_none(v):
+    return statistics.median(v) if v else None
+
+
+def cell(v):
+    return spread(v) if v else "–"
+
+
+def ratio(a, b):
+    return f"{statistics.median(a) / statistics.median(b):.2f}x" if a and b else "–"
+
+
+def delta(logits, ref):
+    d = [abs(a - b) for a, b in zip(logits, ref)]
+    return (max(d), sum(d) / len(d)) if d else None
+
+
 def table(args):
-    """Every round's crossbatch and PyTorch JSON for every batch size: one table."""
-    ours, theirs = [], []
+    """Every round's JSON of every side and batch size: one speed table and one accuracy table."""
+    ours, theirs, orts = [], [], []
     for path in args.crossbatch:
         with open(path) as f:
             ours += [r for r in json.load(f) if r["backend"] == "cpu"]
     for path in args.torch:
         with open(path) as f:
             theirs.append(json.load(f))
+    for path in args.ort or []:
+        with open(path) as f:
+            orts.append(json.load(f))
     if not ours or not theirs:
         sys.exit("nothing to tabulate")
     first = ours[0]
     gpp = first["gflop_per_pair"]
     batches = sorted({t["batch"] for t in theirs})
-    cb = {b: [r["forward_pairs_per_s"] for o in ours for r in o["batches"] if r["batch"] == b] for b in batches}
+
+    def cb(dtype, b):
+        return [r["forward_pairs_per_s"] for o in ours if o["dtype"] == dtype for r in o["batches"] if r["batch"] == b]
+
+    def ort(dtype, b):
+        return [v for o in orts if o["dtype"] == dtype and o["batch"] == b for v in o["forward"]]
+
     pr = {b: [v for t in theirs if t["batch"] == b for v in t["predict"]] for b in batches}
     fw = {b: [v for t in theirs if t["batch"] == b for v in t["forward"]] for b in batches}
-    cb_peak = statistics.median(o["matmul_gflop_per_s"] for o in ours)
+    peak = {d: median_or_none([o["matmul_gflop_per_s"] for o in ours if o["dtype"] == d]) for d in ("f32", "int8")}
     t_peak = statistics.median(t["matmul_gflop_per_s"] for t in theirs)
-    flagged = [f for t in theirs for f in t["flagged"]] + [f"crossbatch {c}" for o in ours for c in o.get("contended", [])]
-    rounds = max(len(v) for v in cb.values())
+    flagged = [f for t in theirs + orts for f in t["flagged"]] + [
+        f"crossbatch {o['dtype']} {c}" for o in ours for c in o.get("contended", [])]
+    rounds = max(len(cb("f32", b)) for b in batches)
+    ort_version = orts[0]["ort"] if orts else "not run"
     lines = [
         f"CPU: {cpu_name()}, {os.cpu_count()} threads on each side; {args.started} to "
         f"{datetime.datetime.now(datetime.timezone.utc).strftime('%H:%M UTC')}",
         f"{first['pairs']} pairs from {os.path.basename(args.input)}, {first['real_tokens_per_pair']:.1f} tokens/pair, "
-        f"{gpp:.3f} GFLOP/pair. Per batch size, crossbatch and PyTorch alternate ({rounds} rounds, one timed "
-        "pass each); cells are median (min–max), the ratio is of medians.",
-        f"matmul peak (2048^3, median): crossbatch {cb_peak:.1f} GFLOP/s, "
-        f"torch {theirs[0]['torch']} {t_peak:.1f} GFLOP/s",
+        f"{gpp:.3f} GFLOP/pair. Per batch size every side runs in turn ({rounds} rounds, one timed pass "
+        "each); cells are median (min–max) pairs/s of the forward alone (tokenization excluded), ratios "
+        "are of medians. crossbatch packs each batch (no padding); ONNX Runtime and torch run "
+        "length-sorted padded batches.",
+        f"Peaks (2048^3, median): crossbatch f32 matmul {peak['f32'] or 0:.1f} GFLOP/s"
+        + (f", crossbatch int8 matmul {peak['int8']:.1f} GOP/s" if peak["int8"] else "")
+        + f"; torch {theirs[0]['torch']} {t_peak:.1f} GFLOP/s; ONNX Runtime {ort_version}.",
         "",
-        "| batch | crossbatch forward pairs/s | CrossEncoder.predict pairs/s | ratio | torch forward only (pre-tokenized) pairs/s "
-        "| crossbatch GFLOP/s (% of its matmul) | predict GFLOP/s (% of torch matmul) |",
-        "|---|---|---|---|---|---|---|",
+        "| batch | crossbatch f32 (% of f32 peak) | crossbatch int8 (% of int8 peak) | ONNX Runtime f32 (fused) "
+        "| ONNX Runtime int8 | int8 ÷ ORT int8 | f32 ÷ ORT f32 | int8 ÷ own f32 | torch forward | CrossEncoder.predict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def with_peak(v, d):
+        if not v:
+            return "–"
+        return f"{spread(v)} ({100 * statistics.median(v) * gpp / peak[d]:.0f}%)" if peak[d] else spread(v)
+
     for b in batches:
-        if not cb[b] or not pr[b]:
-            continue
-        c, p = statistics.median(cb[b]), statistics.median(pr[b])
+        c32, c8, o32, o8 = cb("f32", b), cb("int8", b), ort("f32", b), ort("int8", b)
         lines.append(
-            f"| {b} | {spread(cb[b])} | {spread(pr[b])} | {c / p:.2f}x | {spread(fw[b])} "
-            f"| {c * gpp:.1f} ({100 * c * gpp / cb_peak:.0f}%) "
-            f"| {p * gpp:.1f} ({100 * p * gpp / t_peak:.0f}%) |"
+            f"| {b} | {with_peak(c32, 'f32')} | {with_peak(c8, 'int8')} | {cell(o32)} | {cell(o8)} "
+            f"| {ratio(c8, o8)} | {ratio(c32, o32)} | {ratio(c8, c32)} | {cell(fw[b])} | {cell(pr[b])} |"
         )
     lines.append("")
+    if args.parity:
+        with open(args.parity) as f:
+            ref = [r["logit_f64"] for r in map(json.loads, filter(str.strip, f))]
+        lines += [
+            f"Accuracy on {os.path.basename(args.parity)} ({len(ref)} pairs, one per forward): |Δlogit| against "
+            "HF transformers in f64 (the file's `logit_f64`). crossbatch's figures from `crossbatch-server eval` "
+            "(its full table, with pooled-vector cosines and ranking agreement, is below).",
+            "",
+            "| engine | dtype | max \\|Δ\\| | mean \\|Δ\\| |",
+            "|---|---|---|---|",
+        ]
+        for dtype in ("f32", "int8"):
+            logits = next((o["parity_logits"] for o in orts if o["dtype"] == dtype and o["parity_logits"]), None)
+            d = delta(logits or [], ref)
+            if d:
+                lines.append(f"| ONNX Runtime | {dtype} | {d[0]:.2e} | {d[1]:.2e} |")
+        for row in json.load(open(args.eval)) if args.eval else []:
+            r = row["parity"]["vs_reference"]
+            if r:
+                lines.append(f"| crossbatch | {row['dtype']} | {r['max']:.2e} | {r['mean']:.2e} |")
+        lines.append("")
+    if args.eval_md:
+        with open(args.eval_md) as f:
+            lines += ["crossbatch-server eval:", "", f.read().strip(), ""]
     if flagged:
         lines.append("WARNING: other processes used the CPU during timed passes; these figures are not clean:")
         lines += [f"- {f}" for f in flagged]
@@ -190,14 +328,31 @@ def main():
     t.add_argument("--repeat", type=int, default=1)
     t.add_argument("--threads", type=int, default=os.cpu_count())
     t.add_argument("--json", required=True, help="where to write the passes")
+    e = sub.add_parser("export", help="export to ONNX, fuse, quantize (once)")
+    e.add_argument("--model", required=True, help="HF model directory")
+    e.add_argument("--out", required=True, help="directory for the three graphs")
+    o = sub.add_parser("ort", help="time one ONNX Runtime graph at one batch size")
+    o.add_argument("--model", required=True, help="HF model directory (the tokenizer)")
+    o.add_argument("--graph", required=True, help="ONNX file")
+    o.add_argument("--dtype", required=True, choices=["f32", "int8"])
+    o.add_argument("--input", required=True, help="pair file (JSONL)")
+    o.add_argument("--parity", help="parity file whose pairs to score for the accuracy table")
+    o.add_argument("--batch", type=int, required=True)
+    o.add_argument("--repeat", type=int, default=1)
+    o.add_argument("--threads", type=int, default=os.cpu_count())
+    o.add_argument("--json", required=True)
     m = sub.add_parser("table", help="merge the rounds into one table")
     m.add_argument("--input", required=True)
+    m.add_argument("--ort", nargs="*", help="`ort` subcommand files")
+    m.add_argument("--parity", help="parity file with `logit_f64` (accuracy table)")
+    m.add_argument("--eval", help="`crossbatch-server eval --json` file")
+    m.add_argument("--eval-md", help="`crossbatch-server eval` markdown")
     m.add_argument("--crossbatch", nargs="+", required=True, help="`crossbatch-server bench --json` files")
     m.add_argument("--torch", nargs="+", required=True, help="`torch` subcommand files")
     m.add_argument("--started", default="")
     m.add_argument("--out")
     args = ap.parse_args()
-    measure_torch(args) if args.cmd == "torch" else table(args)
+    {"torch": measure_torch, "export": export, "ort": measure_ort, "table": table}[args.cmd](args)
 
 
 if __name__ == "__main__":
