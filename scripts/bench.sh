@@ -6,7 +6,7 @@
 #   NAME=bench                       report name: reports/<NAME>-<timestamp>.md
 #   SWEEP="batch=8 conc=1 pairs=800" the sweep (comma lists: batch=1,8,32 conc=1,4,16)
 #   MODEL=cross-encoder/ms-marco-MiniLM-L-6-v2   (the stand-in when the hub is unreachable)
-#   BACKEND=auto  DTYPE=f32  MAX_BATCH=96  MAX_BATCH_TOKENS=16384  BATCH_TIMEOUT_MS=20
+#   BACKEND=auto  DTYPE=f32  MAX_BATCH=auto  MAX_BATCH_TOKENS=16384  BATCH_TIMEOUT_MS=20
 #   POLICY=auto (eager on the CPU, deadline on a GPU)
 #   WORKLOAD=<jsonl|tsv|synthetic>   default: ../shared/reference/bench-800.jsonl if present
 #   REPORTS=reports  WARMUP=0 (calls per config left out of the figures)
@@ -24,7 +24,7 @@ MODEL=${MODEL:-cross-encoder/ms-marco-MiniLM-L-6-v2}
 BACKEND=${BACKEND:-auto}
 DTYPE=${DTYPE:-f32}
 MAX_BATCH_TOKENS=${MAX_BATCH_TOKENS:-16384}
-MAX_BATCH=${MAX_BATCH:-96}
+MAX_BATCH=${MAX_BATCH:-auto}
 BATCH_TIMEOUT_MS=${BATCH_TIMEOUT_MS:-20}
 POLICY=${POLICY:-auto}
 REPORTS=${REPORTS:-reports}

@@ -350,6 +350,12 @@ fn load(
         LayoutChoice::Packed => model.set_layout(Layout::Packed),
         LayoutChoice::Padded => model.set_layout(Layout::Padded),
     }
+    if model.device().precision == Precision::Int8 && model.layout() != Layout::Packed {
+        return Err(StartError::Config(
+            "--dtype int8 runs on the packed layout only (--layout padded runs Burn's f32 ops)"
+                .into(),
+        ));
+    }
     if let Some(n) = args.max_length {
         model
             .set_max_length(n)

@@ -6,7 +6,9 @@
 //! - the `gemm` crate's matmuls (burn-flex's own), with bias and residual added in the
 //!   pass that reads the product next (GELU, layer norm) rather than a pass of their own;
 //! - one fused attention job per (sequence, head) ([`attention`]);
-//! - vectorized GELU and layer norm over row blocks on the rayon pool ([`kernels`]).
+//! - vectorized GELU and layer norm over row blocks on the rayon pool ([`kernels`]);
+//! - with `--dtype int8`, the linear layers' products in int8 instead ([`linear`],
+//!   [`qgemm`]); everything else stays f32.
 //!
 //! The wgpu path keeps Burn's ops ([`crate::bert`]); both compute the same function,
 //! which the parity tests check against the reference on each.
@@ -14,6 +16,7 @@
 mod attention;
 mod gemm;
 mod kernels;
+mod linear;
 mod math;
 pub mod qgemm;
 #[cfg(target_arch = "x86_64")]
@@ -26,9 +29,10 @@ use crate::config::BertConfig;
 use crate::params::{Dense, HostParams, Norm, concat_cols};
 use crate::scorer::Encoded;
 use crate::weights::HostTensor;
-use gemm::{View, matmul};
-use qgemm::{Int8Isa, QuantRows, QuantWeights};
-use std::ops::Range;
+use gemm::View;
+pub use linear::CpuDtype;
+use linear::{LayerInt8, Weights, dense, fit, project};
+use qgemm::QuantRows;
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -112,15 +116,6 @@ struct Buffers {
     xq: QuantRows,
 }
 
-/// Resizes without writing the kept part: the next kernel overwrites every element.
-fn fit(v: &mut Vec<f32>, len: usize) {
-    if v.len() > len {
-        v.truncate(len);
-    } else {
-        v.resize(len, 0.0);
-    }
-}
-
 struct Layer {
     /// Query, key and value projections side by side: `[hidden, 3 * hidden]`.
     qkv: Dense<HostTensor, Vec<f32>>,
@@ -131,47 +126,6 @@ struct Layer {
     ffn_norm: Norm<Vec<f32>>,
     /// The same products' weights in int8, where the model computes in int8.
     int8: Option<LayerInt8>,
-}
-
-/// A layer's linear weights quantized per output column (`--dtype int8`).
-struct LayerInt8 {
-    qkv: QuantWeights,
-    /// The query and the key/value columns of `qkv` on their own: the last layer
-    /// projects them from different rows.
-    q: QuantWeights,
-    kv: QuantWeights,
-    attn_out: QuantWeights,
-    ffn_in: QuantWeights,
-    ffn_out: QuantWeights,
-}
-
-impl LayerInt8 {
-    fn quantize(
-        qkv: &HostTensor,
-        attn_out: &HostTensor,
-        ffn_in: &HostTensor,
-        ffn_out: &HostTensor,
-    ) -> Self {
-        let all = |t: &HostTensor| QuantWeights::quantize(&t.data, t.shape[1], 0..t.shape[1]);
-        let (w, h) = (qkv.shape[1], qkv.shape[1] / 3);
-        Self {
-            qkv: all(qkv),
-            q: QuantWeights::quantize(&qkv.data, w, 0..h),
-            kv: QuantWeights::quantize(&qkv.data, w, h..w),
-            attn_out: all(attn_out),
-            ffn_in: all(ffn_in),
-            ffn_out: all(ffn_out),
-        }
-    }
-}
-
-/// The number format of the CPU forward's linear layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CpuDtype {
-    F32,
-    /// Weights per output column and activations per row in int8 (see [`qgemm`]);
-    /// attention, softmax, norms and GELU stay f32.
-    Int8,
 }
 
 pub struct CpuBert {
@@ -187,71 +141,6 @@ pub struct CpuBert {
     /// Activation buffers kept between forwards: fresh ones would be zeroed (and their
     /// pages faulted in) on every call. A concurrent caller gets its own.
     buffers: Mutex<Buffers>,
-}
-
-fn view(t: &HostTensor) -> View<'_> {
-    View::new(&t.data, t.shape[0], t.shape[1])
-}
-
-/// A product's weights: f32 columns of a dense layer, or their int8 copy (with the
-/// buffer its input is quantized into).
-enum Weights<'a> {
-    F32(&'a Dense<HostTensor, Vec<f32>>, Range<usize>),
-    Int8(&'a QuantWeights, &'a mut QuantRows),
-}
-
-impl<'a> Weights<'a> {
-    /// Columns `cols` of `d`, or `int8` (the same columns quantized) where present.
-    fn of(
-        d: &'a Dense<HostTensor, Vec<f32>>,
-        cols: Range<usize>,
-        int8: Option<(&'a QuantWeights, &'a mut QuantRows)>,
-    ) -> Self {
-        match int8 {
-            Some((q, rows)) => {
-                assert_eq!(q.cols(), cols.len(), "int8 weights for other columns");
-                Weights::Int8(q, rows)
-            }
-            None => Weights::F32(d, cols),
-        }
-    }
-}
-
-/// `out = x · w`, without the bias: the kernel that reads `out` next adds it.
-fn project(out: &mut Vec<f32>, x: View<'_>, w: Weights<'_>) {
-    match w {
-        Weights::F32(d, cols) => {
-            let n = cols.len();
-            fit(out, x.rows * n);
-            matmul(out, n, x, view(&d.weight).columns(cols.start, n), false);
-        }
-        Weights::Int8(q, rows) => {
-            let n = q.cols();
-            fit(out, x.rows * n);
-            let isa = Int8Isa::detect();
-            rows.fill(x, isa);
-            qgemm::matmul(out, n, rows, q, isa);
-        }
-    }
-}
-
-/// `x · w[:, cols] + bias[cols]`.
-fn dense(
-    out: &mut Vec<f32>,
-    x: View<'_>,
-    d: &Dense<HostTensor, Vec<f32>>,
-    cols: Range<usize>,
-    int8: Option<(&QuantWeights, &mut QuantRows)>,
-) {
-    project(out, x, Weights::of(d, cols.clone(), int8));
-    let bias = &d.bias[cols];
-    out.par_chunks_mut(bias.len() * ROW_BLOCK).for_each(|rows| {
-        for row in rows.chunks_exact_mut(bias.len()) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v += b;
-            }
-        }
-    });
 }
 
 /// `x = layer_norm(x + bias + residual)` over row blocks on the rayon pool.
