@@ -45,7 +45,10 @@ impl Delta {
         let (mut max, mut sum, mut n) = (0.0f64, 0.0, 0usize);
         for (x, y) in a.into_iter().zip(b) {
             let d = (x - y).abs();
-            max = max.max(d);
+            // A NaN logit must show as NaN, not vanish in `f64::max`.
+            if d.is_nan() || d > max {
+                max = d;
+            }
             sum += d;
             n += 1;
         }
@@ -65,8 +68,10 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
         aa += x * x;
         bb += y * y;
     }
-    if aa == 0.0 && bb == 0.0 {
-        return 1.0;
+    match (aa == 0.0, bb == 0.0) {
+        (true, true) => return 1.0,
+        (true, false) | (false, true) => return 0.0,
+        _ => {}
     }
     ab / (aa.sqrt() * bb.sqrt())
 }
@@ -304,7 +309,10 @@ mod tests {
     #[test]
     fn top_three_overlap_counts_shared_members_not_order() {
         let a = [5.0, 4.0, 3.0, 2.0, 1.0];
-        assert_eq!(top_k_overlap(&a, &[1.0, 4.0, 5.0, 3.0, 0.0], 3), 1.0);
+        // The same three on top, in another order.
+        assert_eq!(top_k_overlap(&a, &[4.0, 5.0, 3.0, 1.0, 0.0], 3), 1.0);
+        // Index 3 pushes index 0 out of the top three.
+        assert!((top_k_overlap(&a, &[1.0, 4.0, 5.0, 3.0, 0.0], 3) - 2.0 / 3.0).abs() < 1e-12);
         assert!((top_k_overlap(&a, &[5.0, 4.0, 0.0, 9.0, 1.0], 3) - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(top_k_overlap(&[1.0], &[2.0], 3), 1.0);
     }
@@ -314,6 +322,13 @@ mod tests {
         assert!((cosine(&[1.0, 0.0], &[0.0, 2.0])).abs() < 1e-12);
         assert!((cosine(&[1.0, 2.0], &[2.0, 4.0]) - 1.0).abs() < 1e-12);
         assert_eq!(cosine(&[0.0], &[0.0]), 1.0);
+        assert_eq!(
+            cosine(&[0.0, 0.0], &[1.0, 0.0]),
+            0.0,
+            "one zero vector: no NaN"
+        );
+        let nan = Delta::of([1.0, f64::NAN, 3.0], [1.0, 2.0, 3.0]);
+        assert!(nan.max.is_nan() && nan.mean.is_nan(), "a NaN logit shows");
         let d = Delta::of([1.0, 2.0, 3.0], [1.5, 2.0, 1.0]);
         assert_eq!((d.max, d.mean), (2.0, 2.5 / 3.0));
     }

@@ -370,7 +370,11 @@ fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     let refs = reference.as_ref().map(|(_, v)| v.as_slice());
     let mut rows = Vec::new();
     let mut dtypes = vec![Precision::F32];
-    dtypes.extend(args.dtypes.iter().copied().filter(|d| *d != Precision::F32));
+    for d in &args.dtypes {
+        if !dtypes.contains(d) {
+            dtypes.push(*d);
+        }
+    }
     for dtype in dtypes {
         let (device, p, r) = if dtype == Precision::F32 {
             let device = backend::select(BackendChoice::Cpu)?.name;

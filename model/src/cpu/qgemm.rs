@@ -123,7 +123,10 @@ impl QuantWeights {
             let inv = 127.0 / f64::from(amax);
             let mut sum = 0i32;
             for r in 0..k {
-                let q = quantize_one((f64::from(w[r * width + col]) * inv) as f32);
+                // Rounded once, in f64 (through f32 first would round twice).
+                let q = (f64::from(w[r * width + col]) * inv)
+                    .round_ties_even()
+                    .clamp(-127.0, 127.0) as i8;
                 packed[Self::index(k4, r, j)] = q;
                 sum += i32::from(q);
             }
@@ -182,7 +185,14 @@ pub struct QuantRows {
 
 impl QuantRows {
     /// Quantizes every row of `x` with the given kernel variant's code.
+    ///
+    /// Panics where `isa` is not available on this CPU.
     pub fn fill(&mut self, x: View<'_>, isa: Int8Isa) {
+        assert!(
+            isa == Int8Isa::Scalar || Int8Isa::available().contains(&isa),
+            "{} kernels are not available on this CPU",
+            isa.name()
+        );
         let (rows, k) = (x.rows, x.cols);
         let k4 = k.next_multiple_of(4);
         self.rows = rows;
@@ -220,14 +230,19 @@ impl QuantRows {
 }
 
 /// Quantizes one row into `out` (offset by 128) and returns its scale: the row's
-/// largest magnitude maps to 127; an all-zero row gets scale 0.
+/// largest finite-or-infinite magnitude (NaN ignored) maps to 127; an all-zero row
+/// gets scale 0; a NaN element quantizes to 0. The vector variant returns `None` for
+/// a row whose scale is not finite (an infinity, or a magnitude near f32's smallest)
+/// and such a row takes this scalar code, so the variants agree on every input.
 fn quantize_row(src: &[f32], out: &mut [u8], isa: Int8Isa) -> f32 {
     assert_eq!(src.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     if isa == Int8Isa::Avx512Vnni {
-        // SAFETY: the variant is only offered where AVX-512 F/BW/VL are detected; the
-        // lengths match (asserted above).
-        return unsafe { super::qgemm_x86::quantize_row_avx512(src, out) };
+        // SAFETY: `fill` asserted that this variant is available (AVX-512 F/BW/VL
+        // detected); the lengths match (asserted above).
+        if let Some(scale) = unsafe { super::qgemm_x86::quantize_row_avx512(src, out) } {
+            return scale;
+        }
     }
     let _ = isa;
     let amax = src.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -518,6 +533,31 @@ mod tests {
                 assert!(err <= 0.5 * qw.scale(j) * 1.0001, "weight {r},{j}");
             }
         }
+    }
+
+    #[test]
+    fn variants_quantize_nan_infinity_and_tiny_rows_alike() {
+        let k = 37;
+        let mut x = test_values(4 * k, 5, 1.0);
+        x[3] = f32::NAN; // row 0: one NaN among ordinary values
+        x[k + 5] = f32::INFINITY; // row 1: an infinity
+        for v in &mut x[2 * k..3 * k] {
+            *v *= 1e-38; // row 2: every magnitude near f32's smallest normal
+        }
+        x[3 * k + 36] = f32::NAN; // row 3: NaN in the masked tail
+        let rows = |isa| {
+            let mut q = QuantRows::default();
+            q.fill(View::new(&x, 4, k), isa);
+            (
+                q.data.clone(),
+                q.scale.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+            )
+        };
+        let want = rows(Int8Isa::Scalar);
+        for isa in Int8Isa::available() {
+            assert_eq!(rows(isa), want, "{}", isa.name());
+        }
+        assert_eq!(want.0[3], 128, "NaN quantizes to 0");
     }
 
     #[test]

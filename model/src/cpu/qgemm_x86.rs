@@ -171,12 +171,15 @@ unsafe fn avx2<const R: usize>(t: &Tile<'_>, g: usize, r0: usize, dst: *mut f32,
 }
 
 /// [`super::qgemm`]'s row quantizer on AVX-512: the same roundings as the scalar one
-/// (`vcvtps2dq` rounds ties to even, as `round_ties_even` does), 16 values at a time.
+/// (`vcvtps2dq` rounds ties to even, as `round_ties_even` does; NaN elements become 0
+/// and are ignored by the maximum, as `f32::max` ignores them), 16 values at a time.
+/// `None` (nothing written) where the row's scale would not be finite: the scalar code
+/// takes such a row, so the two agree there too.
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL; `src.len() == out.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn quantize_row_avx512(src: &[f32], out: &mut [u8]) -> f32 {
+pub(super) unsafe fn quantize_row_avx512(src: &[f32], out: &mut [u8]) -> Option<f32> {
     let n = src.len();
     debug_assert_eq!(n, out.len());
     let (sp, op) = (src.as_ptr(), out.as_mut_ptr());
@@ -187,15 +190,20 @@ pub(super) unsafe fn quantize_row_avx512(src: &[f32], out: &mut [u8]) -> f32 {
         let mut i = 0;
         while i < n {
             let mask = mask16(n - i);
-            m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(mask, sp.add(i))));
+            // A NaN first operand yields the second: NaN never becomes the maximum.
+            m = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(mask, sp.add(i))), m);
             i += 16;
         }
         let amax = _mm512_reduce_max_ps(m);
         if amax == 0.0 {
             out.fill(128);
-            return 0.0;
+            return Some(0.0);
         }
-        let inv = _mm512_set1_ps(127.0 / amax);
+        let inv = 127.0 / amax;
+        if !amax.is_finite() || !inv.is_finite() {
+            return None;
+        }
+        let inv = _mm512_set1_ps(inv);
         let (lo, hi, offset) = (
             _mm512_set1_epi32(-127),
             _mm512_set1_epi32(127),
@@ -205,11 +213,13 @@ pub(super) unsafe fn quantize_row_avx512(src: &[f32], out: &mut [u8]) -> f32 {
         while i < n {
             let mask = mask16(n - i);
             let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, sp.add(i)), inv);
+            // NaN lanes to 0, as `as i8` turns the scalar code's NaN into 0.
+            let v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v), v);
             let q = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(v), lo), hi);
             let bytes = _mm512_cvtepi32_epi8(_mm512_add_epi32(q, offset));
             _mm_mask_storeu_epi8(op.add(i).cast(), mask, bytes);
             i += 16;
         }
-        amax / 127.0
+        Some(amax / 127.0)
     }
 }
