@@ -61,7 +61,10 @@ async fn a_run_through_server_driver_and_collector_gives_the_full_report() {
         "**Timestamp:** ",
         "**Model:** `",
         "**Backend:** `cpu` | **Device:** `",
-        "**Dynamic Batching:** enabled (max_batch=96, timeout=5ms",
+        // The default cap is measured at start-up on the CPU (--max-batch auto).
+        "**Dynamic Batching:** enabled (max_batch=",
+        ", timeout=5ms",
+        "**Max batch set by:** auto: smallest batch within 5% of the best cost per pair",
         "## Results Summary",
         "| Batch | Conc | Pairs | Time(s) | Lat Avg | Lat P95 | Lat P99 | TP Avg | TP P95 | Errors |",
         "## Detailed Metrics",
