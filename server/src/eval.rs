@@ -10,6 +10,7 @@ use serde::Serialize;
 use crossbatch_model::{CrossEncoder, Encoded, ModelError};
 
 /// One scored set: a logit and a pooled vector per pair.
+#[derive(Clone)]
 pub struct Scored {
     pub logits: Vec<f32>,
     pub pooled: Vec<Vec<f32>>,

@@ -378,11 +378,7 @@ fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     for dtype in dtypes {
         let (device, p, r) = if dtype == Precision::F32 {
             let device = backend::select(BackendChoice::Cpu)?.name;
-            let again = |s: &eval::Scored| eval::Scored {
-                logits: s.logits.clone(),
-                pooled: s.pooled.clone(),
-            };
-            (device, again(&f32_parity), again(&f32_rerank))
+            (device, f32_parity.clone(), f32_rerank.clone())
         } else {
             let m = cpu(dtype)?;
             let p = eval::score(&m, &parity_enc, args.batch)?;

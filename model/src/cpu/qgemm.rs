@@ -198,8 +198,8 @@ impl QuantRows {
         self.rows = rows;
         self.k = k;
         self.k4 = k4;
-        self.data.clear();
-        self.data.resize(rows * k4, 128);
+        // Every byte is written below (values, then padding): no fill pass first.
+        self.data.resize(rows * k4, 0);
         self.scale.clear();
         self.scale.resize(rows, 0.0);
         let row_block = 16;
@@ -212,6 +212,7 @@ impl QuantRows {
                     let r = b * row_block + i;
                     let src = &x.data[r * x.stride..][..k];
                     *s = quantize_row(src, &mut q[..k], isa);
+                    q[k..].fill(128);
                 }
             });
     }
@@ -602,21 +603,23 @@ mod tests {
         }
     }
 
-    #[test]
-    #[should_panic(expected = "rows would overlap")]
-    fn refuses_an_output_stride_below_the_row_width() {
+    /// A 3 × 2 by 2 × 4 product into `out` with row stride `stride`.
+    fn three_by_four(out: &mut [f32], stride: usize) {
         let qw = QuantWeights::quantize(&[1.0; 8], 4, 0..4);
         let mut qx = QuantRows::default();
         qx.fill(View::new(&[1.0; 6], 3, 2), Int8Isa::Scalar);
-        matmul(&mut [0.0; 16], 2, &qx, &qw, Int8Isa::Scalar);
+        matmul(out, stride, &qx, &qw, Int8Isa::Scalar);
+    }
+
+    #[test]
+    #[should_panic(expected = "rows would overlap")]
+    fn refuses_an_output_stride_below_the_row_width() {
+        three_by_four(&mut [0.0; 16], 2);
     }
 
     #[test]
     #[should_panic(expected = "output exceeds its slice")]
     fn refuses_an_output_too_short() {
-        let qw = QuantWeights::quantize(&[1.0; 8], 4, 0..4);
-        let mut qx = QuantRows::default();
-        qx.fill(View::new(&[1.0; 6], 3, 2), Int8Isa::Scalar);
-        matmul(&mut [0.0; 11], 4, &qx, &qw, Int8Isa::Scalar);
+        three_by_four(&mut [0.0; 11], 4);
     }
 }
