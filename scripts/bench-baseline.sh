@@ -2,12 +2,13 @@
 # `make bench-baseline`: crossbatch's CPU forward beside PyTorch and ONNX Runtime on the
 # same machine, one right after the other, on the same pair file, batch sizes and
 # thread count:
-#   1. `crossbatch-server bench --backends cpu`, in f32 and in int8 (the forward,
+#   1. `crossbatch-server bench --backends cpu`, in f32, int8 and bf16 (the forward,
 #      tokenization excluded);
 #   2. ONNX Runtime on the model exported to ONNX (opset 17) with its BERT graph
 #      fusions (f32), and that graph with its dynamic int8 quantization (per channel);
 #   3. sentence-transformers `CrossEncoder(model).predict(pairs, batch_size=B)` and the
-#      HF forward alone, torch on the CPU with the same number of threads;
+#      HF forward alone in f32 and in bf16, torch on the CPU with the same number of
+#      threads;
 # alternating batch size by batch size for REPEAT rounds; then the accuracy of each
 # dtype (`crossbatch-server eval`, ONNX Runtime on the parity pairs) and one report
 # (scripts/bench_baseline.py) in reports/baseline-<ts>.md.
@@ -82,7 +83,7 @@ onnx_dir="$out.runs/onnx"
 echo "== exporting to ONNX, fusing, quantizing: $onnx_dir" >&2
 HF_HUB_OFFLINE=1 "$VENV/bin/python" scripts/bench_baseline.py export --model "$model_dir" --out "$onnx_dir"
 echo "== accuracy: crossbatch-server eval" >&2
-"$BIN/crossbatch-server" eval --model "$model_dir" --dtypes int8 --parity "$PARITY" \
+"$BIN/crossbatch-server" eval --model "$model_dir" --dtypes int8,bf16 --parity "$PARITY" \
     --rerank-input "$WORKLOAD" --json "$out.runs/eval.json" > "$out.runs/eval.md"
 
 # The two sides alternate, batch size by batch size, round after round: a machine whose
@@ -90,8 +91,7 @@ echo "== accuracy: crossbatch-server eval" >&2
 for round in $(seq 1 "$REPEAT"); do
     for b in ${BATCHES//,/ }; do
         wait_idle
-        echo "== round $round, batch $b: crossbatch" >&2
-        for dtype in f32 int8; do
+        for dtype in f32 int8 bf16; do
             echo "== round $round, batch $b: crossbatch $dtype" >&2
             "$BIN/crossbatch-server" bench --backends cpu --dtype "$dtype" --model "$model_dir" \
                 --input "$WORKLOAD" --batches "$b" --repeat 1 \

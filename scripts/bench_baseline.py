@@ -90,7 +90,7 @@ def measure_torch(args):
     model = CrossEncoder(args.model, device="cpu")
     hf, tok = model.model.eval(), model.tokenizer
     peak = matmul_gflops(torch)
-    flagged, predict, forward = [], [], []
+    flagged, predict = [], []
     model.predict(pairs[: 2 * b], batch_size=b, show_progress_bar=False)  # warm-up
     for rep in range(args.repeat):
         with Pass() as p:
@@ -106,19 +106,31 @@ def measure_torch(args):
             padding=True, truncation=True, return_tensors="pt")
         for i in range(0, len(ordered), b)
     ]
-    with torch.inference_mode():
+    def timed_forward(label):
+        """`--repeat` passes over every batch (after one warm-up batch), in pairs/s."""
+        rates = []
         hf(**feats[0])
         for rep in range(args.repeat):
             with Pass() as p:
                 for x in feats:
                     hf(**x)
-            forward.append(len(pairs) / p.wall)
+            rates.append(len(pairs) / p.wall)
             if p.other is not None and p.other > CONTENDED * p.wall * os.cpu_count():
-                flagged.append(f"forward batch {b}: other processes used {p.other:.1f} CPU-s")
+                flagged.append(f"{label} batch {b}: other processes used {p.other:.1f} CPU-s")
+        return rates
+
+    with torch.inference_mode():
+        forward = timed_forward("forward")
+        # The same forward with the model in bf16 (oneDNN's AVX-512 BF16 / AMX kernels
+        # where the CPU has them): torch's side of crossbatch's --dtype bf16.
+        hf.to(torch.bfloat16)
+        forward_bf16 = timed_forward("bf16 forward")
     print(f"  torch batch {b}: predict {', '.join(f'{v:.1f}' for v in predict)} pairs/s, "
-          f"forward {', '.join(f'{v:.1f}' for v in forward)}", file=sys.stderr)
+          f"forward {', '.join(f'{v:.1f}' for v in forward)}, "
+          f"bf16 forward {', '.join(f'{v:.1f}' for v in forward_bf16)}", file=sys.stderr)
     with open(args.json, "w") as f:
         json.dump({"batch": b, "pairs": len(pairs), "predict": predict, "forward": forward,
+                   "forward_bf16": forward_bf16,
                    "matmul_gflop_per_s": peak, "torch": torch.__version__,
                    "threads": torch.get_num_threads(), "flagged": flagged}, f)
 
@@ -247,7 +259,9 @@ def table(args):
 
     pr = {b: [v for t in theirs if t["batch"] == b for v in t["predict"]] for b in batches}
     fw = {b: [v for t in theirs if t["batch"] == b for v in t["forward"]] for b in batches}
-    peak = {d: median_or_none([o["matmul_gflop_per_s"] for o in ours if o["dtype"] == d]) for d in ("f32", "int8")}
+    fw16 = {b: [v for t in theirs if t["batch"] == b for v in t.get("forward_bf16", [])] for b in batches}
+    peak = {d: median_or_none([o["matmul_gflop_per_s"] for o in ours if o["dtype"] == d])
+            for d in ("f32", "int8", "bf16")}
     t_peak = statistics.median(t["matmul_gflop_per_s"] for t in theirs)
     flagged = [f for t in theirs + orts for f in t["flagged"]] + [
         f"crossbatch {o['dtype']} {c}" for o in ours for c in o.get("contended", [])]
@@ -263,11 +277,13 @@ def table(args):
         "length-sorted padded batches.",
         f"Peaks (2048^3, median): crossbatch f32 matmul {peak['f32'] or 0:.1f} GFLOP/s"
         + (f", crossbatch int8 matmul {peak['int8']:.1f} GOP/s" if peak["int8"] else "")
-        + f"; torch {theirs[0]['torch']} {t_peak:.1f} GFLOP/s; ONNX Runtime {ort_version}.",
+        + (f", crossbatch bf16 matmul {peak['bf16']:.1f} GFLOP/s" if peak["bf16"] else "")
+        + f"; torch {theirs[0]['torch']} {t_peak:.1f} GFLOP/s (f32); ONNX Runtime {ort_version}.",
         "",
-        "| batch | crossbatch f32 (% of f32 peak) | crossbatch int8 (% of int8 peak) | ONNX Runtime f32 (fused) "
-        "| ONNX Runtime int8 | int8 ÷ ORT int8 | f32 ÷ ORT f32 | int8 ÷ own f32 | torch forward | CrossEncoder.predict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| batch | crossbatch f32 (% of f32 peak) | crossbatch int8 (% of int8 peak) | crossbatch bf16 (% of bf16 peak) "
+        "| ONNX Runtime f32 (fused) | ONNX Runtime int8 | torch f32 forward | torch bf16 forward "
+        "| int8 ÷ ORT int8 | f32 ÷ ORT f32 | bf16 ÷ torch bf16 | int8 ÷ own f32 | bf16 ÷ own f32 | CrossEncoder.predict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def with_peak(v, d):
@@ -276,10 +292,13 @@ def table(args):
         return f"{spread(v)} ({100 * statistics.median(v) * gpp / peak[d]:.0f}%)" if peak[d] else spread(v)
 
     for b in batches:
-        c32, c8, o32, o8 = cb("f32", b), cb("int8", b), ort("f32", b), ort("int8", b)
+        c32, c8, c16 = cb("f32", b), cb("int8", b), cb("bf16", b)
+        o32, o8 = ort("f32", b), ort("int8", b)
         lines.append(
-            f"| {b} | {with_peak(c32, 'f32')} | {with_peak(c8, 'int8')} | {cell(o32)} | {cell(o8)} "
-            f"| {ratio(c8, o8)} | {ratio(c32, o32)} | {ratio(c8, c32)} | {cell(fw[b])} | {cell(pr[b])} |"
+            f"| {b} | {with_peak(c32, 'f32')} | {with_peak(c8, 'int8')} | {with_peak(c16, 'bf16')} "
+            f"| {cell(o32)} | {cell(o8)} | {cell(fw[b])} | {cell(fw16[b])} "
+            f"| {ratio(c8, o8)} | {ratio(c32, o32)} | {ratio(c16, fw16[b])} | {ratio(c8, c32)} | {ratio(c16, c32)} "
+            f"| {cell(pr[b])} |"
         )
     lines.append("")
     if args.parity:

@@ -46,6 +46,18 @@ pub enum Precision {
     /// activations per row; attention, norms and GELU in f32). Its accuracy on your
     /// data: `crossbatch-server eval`.
     Int8,
+    /// bf16 linear layers on the CPU backend (weights and activations rounded to bf16,
+    /// products summed in f32; the rest in f32): AVX-512 BF16's `vdpbf16ps` where the
+    /// CPU has it, emulated at f32's speed where not.
+    Bf16,
+}
+
+impl Precision {
+    /// The formats only the fused CPU forward computes (its own matmul kernels; Burn's
+    /// ops and the wgpu backend have none for them).
+    pub fn fused_cpu_only(self) -> bool {
+        matches!(self, Self::Int8 | Self::Bf16)
+    }
 }
 
 impl fmt::Display for Precision {
@@ -54,6 +66,7 @@ impl fmt::Display for Precision {
             Self::F32 => "f32",
             Self::F16 => "f16",
             Self::Int8 => "int8",
+            Self::Bf16 => "bf16",
         })
     }
 }
@@ -65,7 +78,8 @@ impl FromStr for Precision {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
             "int8" => Ok(Self::Int8),
-            other => Err(format!("unknown dtype {other:?} (f32, f16, int8)")),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("unknown dtype {other:?} (f32, f16, int8, bf16)")),
         }
     }
 }
@@ -111,9 +125,11 @@ impl SelectedDevice {
     /// where the model computes in int8): what its matmuls reach, to set a forward's
     /// achieved rate beside.
     pub fn matmul_gflops(&self, n: usize, reps: usize) -> Result<f64, ModelError> {
-        if self.precision == Precision::Int8 {
-            // The products that run in int8 are the qgemm kernels', not Burn's.
-            return Ok(crate::cpu::qgemm::peak_gops(n, reps));
+        // The products that run in int8 and bf16 are the fused kernels', not Burn's.
+        match self.precision {
+            Precision::Int8 => return Ok(crate::cpu::qgemm::peak_gops(n, reps)),
+            Precision::Bf16 => return Ok(crate::cpu::bgemm::peak_gflops(n, reps)),
+            Precision::F32 | Precision::F16 => {}
         }
         let device = &self.device;
         let a: Tensor<2> = Tensor::random([n, n], Distribution::Default, device);
@@ -270,11 +286,33 @@ pub fn select_with(
             Ok(d)
         }
         (BackendKind::Cpu, Precision::F16) => Err(BackendError::F16OnCpu),
-        (BackendKind::Wgpu, Precision::Int8) => Err(BackendError::Precision {
+        (BackendKind::Wgpu, Precision::Int8 | Precision::Bf16) => Err(BackendError::Precision {
             precision,
             device: d.name,
-            reason: "int8 runs on the CPU backend's fused kernels only (use --backend cpu)".into(),
+            reason: format!(
+                "{precision} runs on the CPU backend's fused kernels only (use --backend cpu)"
+            ),
         }),
+        (BackendKind::Cpu, Precision::Bf16) => {
+            let isa = crate::cpu::bgemm::Bf16Isa::detect();
+            if isa == crate::cpu::bgemm::Bf16Isa::Emulated {
+                tracing::warn!(
+                    device = %d.name,
+                    "this CPU has no AVX-512 BF16: bf16 is emulated on the f32 kernels \
+                     (the same numbers, no faster than f32)"
+                );
+            }
+            tracing::info!(device = %d.name, kernels = isa.name(), "linear layers in bf16");
+            let kernels = match isa {
+                crate::cpu::bgemm::Bf16Isa::Avx512Bf16 => isa.name(),
+                crate::cpu::bgemm::Bf16Isa::Emulated => "emulated",
+            };
+            Ok(SelectedDevice {
+                precision: Precision::Bf16,
+                name: format!("{}, bf16 {kernels}", d.name),
+                ..d
+            })
+        }
         (BackendKind::Cpu, Precision::Int8) => {
             let isa = crate::cpu::qgemm::Int8Isa::detect();
             tracing::info!(device = %d.name, kernels = isa.name(), "linear layers in int8");
@@ -302,8 +340,9 @@ pub fn select_with(
 /// for the other one is an error that names both.
 fn configure_precision(d: &SelectedDevice, precision: Precision) -> Result<(), BackendError> {
     let want = match precision {
-        // Int8 never reaches a wgpu device (refused above); its f32 parts are f32.
-        Precision::F32 | Precision::Int8 => FloatDType::F32,
+        // Int8 and bf16 never reach a wgpu device (refused above); their other parts
+        // are f32.
+        Precision::F32 | Precision::Int8 | Precision::Bf16 => FloatDType::F32,
         Precision::F16 => FloatDType::F16,
     };
     let mut device = d.device.clone();

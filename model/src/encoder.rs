@@ -76,6 +76,7 @@ impl CrossEncoder {
         );
         let dtype = match device.precision {
             Precision::Int8 => CpuDtype::Int8,
+            Precision::Bf16 => CpuDtype::Bf16,
             Precision::F32 | Precision::F16 => CpuDtype::F32,
         };
         let fused = (device.backend == BackendKind::Cpu).then(|| CpuBert::new(cfg, host, dtype));
@@ -162,7 +163,7 @@ impl CrossEncoder {
             self.config().check_batch(batch)?;
             match self.fused_kernels() {
                 Some(fused) => Ok(fused.forward(batch)),
-                None if self.device.precision == Precision::Int8 => Err(Self::int8_needs_fused()),
+                None if self.device.precision.fused_cpu_only() => Err(self.needs_fused()),
                 None => self.bert.forward_checked(batch, self.layout),
             }
         };
@@ -175,10 +176,11 @@ impl CrossEncoder {
         }
     }
 
-    fn int8_needs_fused() -> ModelError {
-        ModelError::Input(
-            "int8 runs on the fused CPU kernels with the packed layout only (not --cpu-kernels burn or a padded layout)".into(),
-        )
+    fn needs_fused(&self) -> ModelError {
+        ModelError::Input(format!(
+            "{} runs on the fused CPU kernels with the packed layout only (not --cpu-kernels burn or a padded layout)",
+            self.device.precision
+        ))
     }
 
     /// Logits and pooled [CLS] vectors (`hidden` values per pair) from the fused CPU

@@ -89,7 +89,7 @@ struct BenchServeArgs {
     /// Pairs per measured configuration.
     #[arg(long, default_value_t = 800)]
     pairs: usize,
-    /// Number format, offline and served alike (int8: CPU backend).
+    /// Number format, offline and served alike (int8, bf16: CPU backend).
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Precision,
 }
@@ -139,7 +139,8 @@ struct ModelArgs {
 
 #[derive(Args, Clone)]
 struct GpuArgs {
-    /// Float type of the model: f16 halves memory traffic on a GPU (wgpu only).
+    /// Number format of the model: f16 (wgpu only) halves GPU memory traffic; int8 and
+    /// bf16 (CPU backend only) run the linear layers in that format (accuracy: `eval`).
     #[arg(long, env = "CROSSBATCH_DTYPE", value_enum, default_value = "f32")]
     dtype: Precision,
     /// Directory for the GPU runtime's autotune results and compiled kernels
@@ -171,8 +172,8 @@ struct EvalArgs {
     /// Hub revision (branch, tag or commit) when the model is a hub id.
     #[arg(long, env = "CROSSBATCH_MODEL_REVISION", default_value = source::DEFAULT_REVISION)]
     revision: String,
-    /// Number formats to set beside f32, comma separated (CPU backend: int8).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "int8")]
+    /// Number formats to set beside f32, comma separated (CPU backend: int8, bf16).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "int8,bf16")]
     dtypes: Vec<Precision>,
     /// Parity pairs (JSONL). Where every line also has `logit_f64`, `logit_f32` or
     /// `logit` (first found), that is the reference each dtype is measured against.
@@ -334,7 +335,7 @@ fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     }
     if let Some(d) = args.dtypes.iter().find(|d| **d == Precision::F16) {
         bail!(
-            "--dtypes {d}: eval compares the CPU backend's formats (f32, int8); f16 runs on wgpu only"
+            "--dtypes {d}: eval compares the CPU backend's formats (f32, int8, bf16); f16 runs on wgpu only"
         );
     }
     let parity_text = std::fs::read_to_string(&args.parity)
@@ -523,9 +524,9 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     let mut reports = Vec::new();
     for choice in choices {
         let (cpu, dtype) = (choice == BackendChoice::Cpu, args.gpu.dtype);
-        if (cpu && dtype == Precision::F16) || (!cpu && dtype == Precision::Int8) {
+        if (cpu && dtype == Precision::F16) || (!cpu && dtype.fused_cpu_only()) {
             eprintln!(
-                "{} not measured at --dtype {dtype}: f16 runs on wgpu only, int8 on the CPU only",
+                "{} not measured at --dtype {dtype}: f16 runs on wgpu only, int8 and bf16 on the CPU only",
                 if cpu { "cpu" } else { "wgpu" },
             );
             continue;
@@ -656,8 +657,9 @@ fn run_bench_serve(args: BenchServeArgs) -> Result<ExitCode> {
             }
         }
         let mut waste = Vec::new();
-        // Padding waste is a property of the padded layout, which int8 does not run on.
-        let groupings: &[&str] = if args.dtype == Precision::Int8 { &[] } else { &["true", "false"] };
+        // Padding waste is a property of the padded layout, which int8 and bf16 do not
+        // run on.
+        let groupings: &[&str] = if args.dtype.fused_cpu_only() { &[] } else { &["true", "false"] };
         for &group in groupings {
             // max-batch 8 under 32 waiting pairs: the batcher has a choice to make.
             let mut flags = base(&["--layout", "padded", "--group-by-length", group]);

@@ -40,7 +40,8 @@ pub struct ServeArgs {
     /// auto: wgpu on a hardware GPU, else CPU. wgpu: force wgpu. cpu: burn-flex.
     #[arg(long, env = "CROSSBATCH_BACKEND", value_enum, default_value = "auto")]
     pub backend: BackendChoice,
-    /// Float type of the model: f16 halves memory traffic on a GPU (wgpu only).
+    /// Number format of the model: f16 (wgpu only) halves GPU memory traffic; int8 and
+    /// bf16 (CPU backend only) run the linear layers in that format (accuracy: `eval`).
     #[arg(long, env = "CROSSBATCH_DTYPE", value_enum, default_value = "f32")]
     pub dtype: Precision,
     /// Before SERVING, run every batch shape the batcher can produce (full) so no call
@@ -350,11 +351,11 @@ fn load(
         LayoutChoice::Packed => model.set_layout(Layout::Packed),
         LayoutChoice::Padded => model.set_layout(Layout::Padded),
     }
-    if model.device().precision == Precision::Int8 && model.layout() != Layout::Packed {
-        return Err(StartError::Config(
-            "--dtype int8 runs on the packed layout only (--layout padded runs Burn's f32 ops)"
-                .into(),
-        ));
+    let precision = model.device().precision;
+    if precision.fused_cpu_only() && model.layout() != Layout::Packed {
+        return Err(StartError::Config(format!(
+            "--dtype {precision} runs on the packed layout only (--layout padded runs Burn's f32 ops)"
+        )));
     }
     if let Some(n) = args.max_length {
         model

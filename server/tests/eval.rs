@@ -1,6 +1,6 @@
-//! `crossbatch-server eval`, run as a user runs it: the table for int8 beside f32 on
-//! the parity pairs and a reranking set, each figure within its bound, and bad input
-//! refused with a message and a non-zero exit.
+//! `crossbatch-server eval`, run as a user runs it: the table for int8 and bf16 beside
+//! f32 on the parity pairs and a reranking set, each figure within its bound, and bad
+//! input refused with a message and a non-zero exit.
 
 use std::process::Command;
 
@@ -21,12 +21,12 @@ fn eval(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-fn int8_accuracy_table_with_every_figure_in_bounds() {
+fn int8_and_bf16_accuracy_table_with_every_figure_in_bounds() {
     let dir = tempfile::tempdir().expect("tmp");
     let json = dir.path().join("eval.json");
     let out = eval(&[
         "--dtypes",
-        "int8",
+        "int8,bf16",
         "--queries",
         "6",
         "--passages",
@@ -41,12 +41,13 @@ fn int8_accuracy_table_with_every_figure_in_bounds() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("| int8 | parity | 64 |"), "{stdout}");
+    assert!(stdout.contains("| bf16 | rerank | 96 |"), "{stdout}");
     assert!(stdout.contains("6 queries × 16 passages"), "{stdout}");
     let rows: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parses");
     let rows = rows.as_array().expect("a list");
-    assert_eq!(rows.len(), 2, "f32, then int8");
-    let (f32r, int8) = (&rows[0], &rows[1]);
+    assert_eq!(rows.len(), 3, "f32, then int8, then bf16");
+    let (f32r, int8, bf16) = (&rows[0], &rows[1], &rows[2]);
     let num = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("number: {v}"));
 
     // f32 against itself is exact, and against HF f64 within its parity bound.
@@ -84,6 +85,29 @@ fn int8_accuracy_table_with_every_figure_in_bounds() {
     );
     assert!(num(&r["spearman_mean"]) >= 0.95, "{r}");
     assert!(num(&r["top3_mean"]) >= 0.8, "{r}");
+
+    // bf16: the bounds of model/tests/parity_cpu_lowp.rs (measured 2026-12-07 on Zen 4:
+    // parity max 3.4e-4, mean 1.3e-4; reranking max 4.4e-4; cosine 0.99999; Spearman
+    // 0.9998 mean, top-3 all kept), an order of magnitude inside int8's.
+    assert_eq!(bf16["dtype"], "bf16");
+    assert!(
+        bf16["device"].as_str().is_some_and(|d| d.contains("bf16")),
+        "{bf16}"
+    );
+    for set in ["parity", "rerank"] {
+        let a = &bf16[set];
+        let (max, mean) = (num(&a["vs_f32"]["max"]), num(&a["vs_f32"]["mean"]));
+        assert!(max > 0.0, "bf16 moved nothing on {set}: not bf16?");
+        assert!(max <= 6e-4 && mean <= 2e-4 && mean <= max, "{set}: {a}");
+        assert!(num(&a["cosine_min"]) >= 0.9999, "{set}: {a}");
+    }
+    assert!(
+        num(&bf16["parity"]["vs_reference"]["max"]) <= 6e-4,
+        "{bf16}"
+    );
+    let r = &bf16["ranking"];
+    assert!(num(&r["spearman_mean"]) >= 0.999, "{r}");
+    assert!(num(&r["top3_mean"]) >= 0.95, "{r}");
 }
 
 #[test]

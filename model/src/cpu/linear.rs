@@ -1,12 +1,13 @@
 //! The CPU forward's linear layers: `x · w (+ bias)` with the weights in f32 (the
-//! `gemm` crate) or quantized to int8 at load ([`super::qgemm`]), and the buffers the
-//! products write into.
+//! `gemm` crate), quantized to int8 ([`super::qgemm`]) or rounded to bf16
+//! ([`super::bgemm`]) at load, and the buffers the products write into.
 
 use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::ROW_BLOCK;
+use super::bgemm::{self, Bf16Isa, Bf16Rows, Bf16Weights};
 use super::gemm::{View, matmul};
 use super::qgemm::{self, Int8Isa, QuantRows, QuantWeights};
 use crate::params::Dense;
@@ -21,36 +22,114 @@ pub(super) fn fit(v: &mut Vec<f32>, len: usize) {
     }
 }
 
-/// A layer's linear weights quantized per output column (`--dtype int8`).
-pub(super) struct LayerInt8 {
-    pub qkv: QuantWeights,
-    /// The query and the key/value columns of `qkv` on their own: the last layer
+/// One product of a layer, to name its low-precision weights.
+#[derive(Clone, Copy)]
+pub(super) enum Product {
+    Qkv,
+    /// The query columns of `Qkv` alone, and the key/value ones: the last layer
     /// projects them from different rows.
-    pub q: QuantWeights,
-    pub kv: QuantWeights,
-    pub attn_out: QuantWeights,
-    pub ffn_in: QuantWeights,
-    pub ffn_out: QuantWeights,
+    Q,
+    Kv,
+    AttnOut,
+    FfnIn,
+    FfnOut,
 }
 
-impl LayerInt8 {
-    pub fn quantize(
-        qkv: &HostTensor,
-        attn_out: &HostTensor,
-        ffn_in: &HostTensor,
-        ffn_out: &HostTensor,
-    ) -> Self {
-        let all = |t: &HostTensor| QuantWeights::quantize(&t.data, t.shape[1], 0..t.shape[1]);
-        let (w, h) = (qkv.shape[1], qkv.shape[1] / 3);
+/// A layer's linear weights in one number format, converted at load.
+pub(super) struct LayerSet<W> {
+    qkv: W,
+    /// `Product::Q` and `Product::Kv`: the last layer's only (no other asks for them).
+    split: Option<(W, W)>,
+    attn_out: W,
+    ffn_in: W,
+    ffn_out: W,
+}
+
+impl<W> LayerSet<W> {
+    /// Converts each weight matrix (columns of a row-major `k × width` matrix) with
+    /// `convert(w, width, cols)`; the split QKV columns too where `last`.
+    fn convert(l: &LayerTensors<'_>, convert: impl Fn(&[f32], usize, Range<usize>) -> W) -> Self {
+        let all = |t: &HostTensor| convert(&t.data, t.shape[1], 0..t.shape[1]);
+        let (w, h) = (l.qkv.shape[1], l.qkv.shape[1] / 3);
         Self {
-            qkv: all(qkv),
-            q: QuantWeights::quantize(&qkv.data, w, 0..h),
-            kv: QuantWeights::quantize(&qkv.data, w, h..w),
-            attn_out: all(attn_out),
-            ffn_in: all(ffn_in),
-            ffn_out: all(ffn_out),
+            qkv: all(l.qkv),
+            split: l
+                .last
+                .then(|| (convert(&l.qkv.data, w, 0..h), convert(&l.qkv.data, w, h..w))),
+            attn_out: all(l.attn_out),
+            ffn_in: all(l.ffn_in),
+            ffn_out: all(l.ffn_out),
         }
     }
+
+    fn get(&self, p: Product) -> &W {
+        let split = || {
+            // The forward's structure, not its input: only the last layer splits.
+            self.split
+                .as_ref()
+                .expect("split QKV weights are asked of the last layer only")
+        };
+        match p {
+            Product::Qkv => &self.qkv,
+            Product::Q => &split().0,
+            Product::Kv => &split().1,
+            Product::AttnOut => &self.attn_out,
+            Product::FfnIn => &self.ffn_in,
+            Product::FfnOut => &self.ffn_out,
+        }
+    }
+}
+
+/// A layer's linear weights where the model computes them below f32.
+pub(super) enum LayerLowp {
+    Int8(Box<LayerSet<QuantWeights>>),
+    Bf16(Box<LayerSet<Bf16Weights>>),
+}
+
+/// A layer's f32 weight matrices, to convert.
+pub(super) struct LayerTensors<'a> {
+    pub qkv: &'a HostTensor,
+    pub attn_out: &'a HostTensor,
+    pub ffn_in: &'a HostTensor,
+    pub ffn_out: &'a HostTensor,
+    /// The model's last layer, which also projects the query and key/value columns
+    /// of `qkv` on their own.
+    pub last: bool,
+}
+
+impl LayerLowp {
+    /// The layer's weights in `dtype`, or `None` for f32 (the dense layers' own).
+    pub fn convert(dtype: CpuDtype, l: &LayerTensors<'_>) -> Option<Self> {
+        match dtype {
+            CpuDtype::F32 => None,
+            CpuDtype::Int8 => Some(Self::Int8(Box::new(LayerSet::convert(
+                l,
+                QuantWeights::quantize,
+            )))),
+            CpuDtype::Bf16 => {
+                let isa = Bf16Isa::detect();
+                Some(Self::Bf16(Box::new(LayerSet::convert(
+                    l,
+                    |w, width, cols| Bf16Weights::new(w, width, cols, isa),
+                ))))
+            }
+        }
+    }
+
+    /// Product `p`'s weights, with `rows` to convert its input into.
+    pub fn weights<'a>(&'a self, p: Product, rows: &'a mut LowpRows) -> Weights<'a> {
+        match self {
+            Self::Int8(set) => Weights::Int8(set.get(p), &mut rows.int8),
+            Self::Bf16(set) => Weights::Bf16(set.get(p), &mut rows.bf16),
+        }
+    }
+}
+
+/// A product's input converted to the weights' format; kept between products.
+#[derive(Default)]
+pub(super) struct LowpRows {
+    int8: QuantRows,
+    bf16: Bf16Rows,
 }
 
 /// The number format of the CPU forward's linear layers.
@@ -60,32 +139,49 @@ pub enum CpuDtype {
     /// Weights per output column and activations per row in int8 (see [`qgemm`]);
     /// attention, softmax, norms and GELU stay f32.
     Int8,
+    /// Weights and activations rounded to bf16, products summed in f32 (see
+    /// [`super::bgemm`]); attention, softmax, norms and GELU stay f32.
+    Bf16,
 }
 
 pub(super) fn view(t: &HostTensor) -> View<'_> {
     View::new(&t.data, t.shape[0], t.shape[1])
 }
 
-/// A product's weights: f32 columns of a dense layer, or their int8 copy (with the
-/// buffer its input is quantized into).
+/// A product's weights: f32 columns of a dense layer, or their low-precision copy
+/// (with the buffer its input is converted into).
 pub(super) enum Weights<'a> {
     F32(&'a Dense<HostTensor, Vec<f32>>, Range<usize>),
     Int8(&'a QuantWeights, &'a mut QuantRows),
+    Bf16(&'a Bf16Weights, &'a mut Bf16Rows),
 }
 
 impl<'a> Weights<'a> {
-    /// Columns `cols` of `d`, or `int8` (the same columns quantized) where present.
+    /// Columns `cols` of `d`, or `lowp` (the same columns in a lower precision) where
+    /// present.
     pub fn of(
         d: &'a Dense<HostTensor, Vec<f32>>,
         cols: Range<usize>,
-        int8: Option<(&'a QuantWeights, &'a mut QuantRows)>,
+        lowp: Option<Weights<'a>>,
     ) -> Self {
-        match int8 {
-            Some((q, rows)) => {
-                assert_eq!(q.cols(), cols.len(), "int8 weights for other columns");
-                Weights::Int8(q, rows)
+        match lowp {
+            Some(w) => {
+                assert_eq!(
+                    w.cols(),
+                    cols.len(),
+                    "low-precision weights for other columns"
+                );
+                w
             }
             None => Weights::F32(d, cols),
+        }
+    }
+
+    fn cols(&self) -> usize {
+        match self {
+            Weights::F32(_, cols) => cols.len(),
+            Weights::Int8(q, _) => q.cols(),
+            Weights::Bf16(b, _) => b.cols(),
         }
     }
 }
@@ -105,6 +201,12 @@ pub(super) fn project(out: &mut Vec<f32>, x: View<'_>, w: Weights<'_>) {
             rows.fill(x, isa);
             qgemm::matmul(out, n, rows, q, isa);
         }
+        Weights::Bf16(b, rows) => {
+            let n = b.cols();
+            fit(out, x.rows * n);
+            rows.fill(x, Bf16Isa::detect());
+            bgemm::matmul(out, n, rows, b);
+        }
     }
 }
 
@@ -114,9 +216,9 @@ pub(super) fn dense(
     x: View<'_>,
     d: &Dense<HostTensor, Vec<f32>>,
     cols: Range<usize>,
-    int8: Option<(&QuantWeights, &mut QuantRows)>,
+    lowp: Option<Weights<'_>>,
 ) {
-    project(out, x, Weights::of(d, cols.clone(), int8));
+    project(out, x, Weights::of(d, cols.clone(), lowp));
     let bias = &d.bias[cols];
     out.par_chunks_mut(bias.len() * ROW_BLOCK).for_each(|rows| {
         for row in rows.chunks_exact_mut(bias.len()) {

@@ -7,21 +7,26 @@
 //!   pass that reads the product next (GELU, layer norm) rather than a pass of their own;
 //! - one fused attention job per (sequence, head) ([`attention`]);
 //! - vectorized GELU and layer norm over row blocks on the rayon pool ([`kernels`]);
-//! - with `--dtype int8`, the linear layers' products in int8 instead ([`linear`],
-//!   [`qgemm`]); everything else stays f32.
+//! - with `--dtype int8` or `bf16`, the linear layers' products in that format instead
+//!   ([`linear`], [`qgemm`], [`bgemm`]); everything else stays f32.
 //!
 //! The wgpu path keeps Burn's ops ([`crate::bert`]); both compute the same function,
 //! which the parity tests check against the reference on each.
 
 mod attention;
+pub mod bgemm;
+#[cfg(target_arch = "x86_64")]
+mod bgemm_x86;
 mod gemm;
 mod kernels;
 mod linear;
 mod math;
+mod peak;
 pub mod qgemm;
 #[cfg(target_arch = "x86_64")]
 mod qgemm_x86;
 pub mod simd;
+mod tiling;
 
 use rayon::prelude::*;
 
@@ -31,8 +36,7 @@ use crate::scorer::Encoded;
 use crate::weights::HostTensor;
 use gemm::View;
 pub use linear::CpuDtype;
-use linear::{LayerInt8, Weights, dense, fit, project};
-use qgemm::QuantRows;
+use linear::{LayerLowp, LayerTensors, LowpRows, Product, Weights, dense, fit, project};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -112,8 +116,8 @@ struct Buffers {
     next: Vec<f32>,
     /// Keys and values of the last layer.
     kv: Vec<f32>,
-    /// A product's input, quantized (int8 only).
-    xq: QuantRows,
+    /// A product's input, converted to its weights' format (int8 and bf16 only).
+    xq: LowpRows,
 }
 
 struct Layer {
@@ -124,8 +128,8 @@ struct Layer {
     ffn_in: Dense<HostTensor, Vec<f32>>,
     ffn_out: Dense<HostTensor, Vec<f32>>,
     ffn_norm: Norm<Vec<f32>>,
-    /// The same products' weights in int8, where the model computes in int8.
-    int8: Option<LayerInt8>,
+    /// The same products' weights in int8 or bf16, where the model computes in one.
+    lowp: Option<LayerLowp>,
 }
 
 pub struct CpuBert {
@@ -161,21 +165,23 @@ fn add_norm(x: &mut [f32], bias: &[f32], residual: Option<&[f32]>, n: &Norm<Vec<
 
 impl CpuBert {
     /// Takes the host parameters (no copy of the big tables beyond the fused QKV).
-    /// In `dtype`, the linear layers quantized here where it is int8.
+    /// In `dtype`, the linear layers converted here where it is below f32.
     pub fn new(cfg: BertConfig, p: HostParams, dtype: CpuDtype) -> Self {
+        let n_layers = p.layers.len();
         let layers = p
             .layers
             .into_iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(i, l)| {
                 let qkv = concat_cols(&l.query.weight, &l.key_value.weight);
-                let int8 = (dtype == CpuDtype::Int8).then(|| {
-                    LayerInt8::quantize(
-                        &qkv,
-                        &l.attn_out.weight,
-                        &l.ffn_in.weight,
-                        &l.ffn_out.weight,
-                    )
-                });
+                let tensors = LayerTensors {
+                    qkv: &qkv,
+                    attn_out: &l.attn_out.weight,
+                    ffn_in: &l.ffn_in.weight,
+                    ffn_out: &l.ffn_out.weight,
+                    last: i + 1 == n_layers,
+                };
+                let lowp = LayerLowp::convert(dtype, &tensors);
                 Layer {
                     qkv: Dense {
                         weight: qkv,
@@ -186,7 +192,7 @@ impl CpuBert {
                     ffn_in: l.ffn_in,
                     ffn_out: l.ffn_out,
                     ffn_norm: l.ffn_norm,
-                    int8,
+                    lowp,
                 }
             })
             .collect();
@@ -262,13 +268,13 @@ impl CpuBert {
         let n_layers = self.layers.len();
         for (li, layer) in self.layers.iter().enumerate() {
             if li + 1 < n_layers {
-                let int8 = layer.int8.as_ref();
+                let lowp = layer.lowp.as_ref();
                 dense(
                     qkv,
                     View::new(&x, tokens, h),
                     &layer.qkv,
                     0..3 * h,
-                    int8.map(|q| (&q.qkv, &mut *xq)),
+                    lowp.map(|l| l.weights(Product::Qkv, &mut *xq)),
                 );
                 clock.lap("QKV projection");
                 fit(ctx, tokens * h);
@@ -289,13 +295,13 @@ impl CpuBert {
             } else {
                 // Only the [CLS] rows reach the pooler: keys and values for every token,
                 // everything else for one row per sequence.
-                let int8 = layer.int8.as_ref();
+                let lowp = layer.lowp.as_ref();
                 dense(
                     kv,
                     View::new(&x, tokens, h),
                     &layer.qkv,
                     h..3 * h,
-                    int8.map(|q| (&q.kv, &mut *xq)),
+                    lowp.map(|l| l.weights(Product::Kv, &mut *xq)),
                 );
                 let cls: Vec<f32> = seqs
                     .iter()
@@ -307,7 +313,7 @@ impl CpuBert {
                     View::new(&cls, b, h),
                     &layer.qkv,
                     0..h,
-                    int8.map(|q| (&q.q, &mut *xq)),
+                    lowp.map(|l| l.weights(Product::Q, &mut *xq)),
                 );
                 clock.lap("QKV projection");
                 for (i, s) in seqs.iter_mut().enumerate() {
@@ -382,24 +388,36 @@ impl CpuBert {
         a: &mut Vec<f32>,
         ffn: &mut Vec<f32>,
         out: &mut Vec<f32>,
-        xq: &mut QuantRows,
+        xq: &mut LowpRows,
         clock: &mut Clock<'_>,
     ) {
         let (h, inter) = (self.cfg.hidden_size, self.cfg.intermediate_size);
-        let int8 = layer.int8.as_ref();
-        let w = Weights::of(&layer.attn_out, 0..h, int8.map(|q| (&q.attn_out, &mut *xq)));
+        let lowp = layer.lowp.as_ref();
+        let w = Weights::of(
+            &layer.attn_out,
+            0..h,
+            lowp.map(|l| l.weights(Product::AttnOut, &mut *xq)),
+        );
         project(a, View::new(ctx, rows, h), w);
         clock.lap("attention output projection");
         add_norm(a, &layer.attn_out.bias, Some(x), &layer.attn_norm);
         clock.lap("bias + residual + layer norm");
-        let w = Weights::of(&layer.ffn_in, 0..inter, int8.map(|q| (&q.ffn_in, &mut *xq)));
+        let w = Weights::of(
+            &layer.ffn_in,
+            0..inter,
+            lowp.map(|l| l.weights(Product::FfnIn, &mut *xq)),
+        );
         project(ffn, View::new(a, rows, h), w);
         clock.lap("FFN in (384 -> 1536)");
         let bias = &layer.ffn_in.bias;
         ffn.par_chunks_mut(inter * ROW_BLOCK)
             .for_each(|rows| kernels::bias_gelu(rows, bias));
         clock.lap("bias + GELU");
-        let w = Weights::of(&layer.ffn_out, 0..h, int8.map(|q| (&q.ffn_out, &mut *xq)));
+        let w = Weights::of(
+            &layer.ffn_out,
+            0..h,
+            lowp.map(|l| l.weights(Product::FfnOut, &mut *xq)),
+        );
         project(out, View::new(ffn, rows, inter), w);
         clock.lap("FFN out (1536 -> 384)");
         add_norm(out, &layer.ffn_out.bias, Some(a), &layer.ffn_norm);

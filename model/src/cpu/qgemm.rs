@@ -18,6 +18,8 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::gemm::View;
+use super::peak;
+use super::tiling::for_each_tile;
 
 /// Output columns per packed panel: four 16-lane vectors of AVX-512.
 pub const NR: usize = 64;
@@ -258,84 +260,33 @@ fn quantize_row(src: &[f32], out: &mut [u8], isa: Int8Isa) -> f32 {
     amax / 127.0
 }
 
-/// A raw output pointer shared by the parallel tasks of one product; each task writes
-/// its own rectangle of it.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: `matmul` hands each task a rectangle no other task touches (see there).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so a closure captures the whole `Sync` wrapper rather
-    /// than its raw field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// `out = x · w` in int8 for every row of `x` (already quantized), written row-major
-/// with row stride `out_stride`. Split over the rayon pool in (column panel, row chunk)
-/// tasks, each writing a rectangle of `out` that no other touches.
+/// with row stride `out_stride`, split over the rayon pool by [`for_each_tile`].
 ///
 /// Panics (before any write) on mismatched shapes, an output past its slice, or an
 /// output stride below the row width (rows that overlap would be written by two tasks).
 pub fn matmul(out: &mut [f32], out_stride: usize, x: &QuantRows, w: &QuantWeights, isa: Int8Isa) {
-    let (m, n) = (x.rows, w.n);
     assert_eq!(x.k, w.k, "inner dimensions differ");
     assert_eq!(x.k4, w.k4);
-    assert!(
-        m <= 1 || out_stride >= n,
-        "output stride {out_stride} is below the row width {n}: rows would overlap"
-    );
-    assert!(
-        m == 0
-            || (m - 1)
-                .checked_mul(out_stride)
-                .and_then(|e| e.checked_add(n))
-                <= Some(out.len()),
-        "output exceeds its slice"
-    );
     assert!(
         isa == Int8Isa::Scalar || Int8Isa::available().contains(&isa),
         "{} kernels are not available on this CPU",
         isa.name()
     );
-    if m == 0 || n == 0 {
-        return;
-    }
-    let panels = n.div_ceil(NR);
-    // Enough tasks to keep every thread busy; a chunk a whole number of tiles.
-    let target = 4 * rayon::current_num_threads();
-    let chunks_per_panel = target.div_ceil(panels).max(1);
-    let chunk = m.div_ceil(chunks_per_panel).next_multiple_of(MR).max(MR);
-    let chunks = m.div_ceil(chunk);
-    let base = OutPtr(out.as_mut_ptr());
-    (0..panels * chunks).into_par_iter().for_each(|t| {
-        let (p, c) = (t / chunks, t % chunks);
-        let rows = c * chunk..((c + 1) * chunk).min(m);
-        let cols = p * NR..((p + 1) * NR).min(n);
-        for r0 in rows.clone().step_by(MR) {
-            let mr = MR.min(rows.end - r0);
-            let tile = Tile {
-                a: &x.data[r0 * x.k4..][..mr * x.k4],
-                k4: x.k4,
-                a_scale: &x.scale[r0..r0 + mr],
-                w: w.panel(p),
-                w_scale: &w.scale[p * NR..][..NR],
-                offset_sum: &w.offset_sum[p * NR..][..NR],
-                cols: cols.len(),
-            };
-            // SAFETY: rows `r0..r0 + mr` and columns `cols` lie inside `out` (the
-            // asserts above: the last row's end is within the slice, and no column
-            // reaches `n <= out_stride`); tasks split the rows into disjoint chunks and
-            // the columns into disjoint panels, so no two write one element, and `out`
-            // is borrowed mutably for the whole call.
-            unsafe {
-                let dst = base.get().add(r0 * out_stride + cols.start);
-                tile.run(isa, dst, out_stride);
-            }
-        }
+    for_each_tile(out, out_stride, (x.rows, w.n), (MR, NR), |at| {
+        let (r0, p) = (at.rows.start, at.panel);
+        let tile = Tile {
+            a: &x.data[r0 * x.k4..][..at.rows.len() * x.k4],
+            k4: x.k4,
+            a_scale: &x.scale[at.rows.clone()],
+            w: w.panel(p),
+            w_scale: &w.scale[p * NR..][..NR],
+            offset_sum: &w.offset_sum[p * NR..][..NR],
+            cols: at.cols.len(),
+        };
+        // SAFETY: `for_each_tile` vouches for the tile's rectangle at `dst` (inside
+        // `out`, no other tile's); `isa` is available (asserted above).
+        unsafe { tile.run(isa, at.dst(), at.stride()) };
     });
 }
 
@@ -414,29 +365,11 @@ pub(crate) fn dequantize(sum: i32, w_scale: f32, a_scale: f32) -> f32 {
 /// GOP/s (2 ops per multiply-add): the peak a forward's int8 matmuls can reach here.
 pub fn peak_gops(n: usize, reps: usize) -> f64 {
     let isa = Int8Isa::detect();
-    let seeded = |seed: u64| -> Vec<f32> {
-        let mut s = seed;
-        (0..n * n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    };
-    let w = QuantWeights::quantize(&seeded(1), n, 0..n);
+    let w = QuantWeights::quantize(&peak::square_input(n, 1), n, 0..n);
     let mut x = QuantRows::default();
-    x.fill(View::new(&seeded(2), n, n), isa);
+    x.fill(View::new(&peak::square_input(n, 2), n, n), isa);
     let mut out = vec![0.0f32; n * n];
-    matmul(&mut out, n, &x, &w, isa);
-    let mut best = std::time::Duration::MAX;
-    for _ in 0..reps.max(1) {
-        let t = std::time::Instant::now();
-        matmul(&mut out, n, &x, &w, isa);
-        best = best.min(t.elapsed());
-    }
-    2.0 * (n as f64).powi(3) / best.as_secs_f64() / 1e9
+    peak::best_rate(n, reps, || matmul(&mut out, n, &x, &w, isa))
 }
 
 /// The same arithmetic in f64 from the quantized values: what every kernel must
@@ -601,25 +534,5 @@ mod tests {
             let close = |v: f32| (v - k as f32).abs() <= 1e-5 * k as f32;
             assert!(out.iter().all(|&v| close(v)), "{}: {out:?}", isa.name());
         }
-    }
-
-    /// A 3 × 2 by 2 × 4 product into `out` with row stride `stride`.
-    fn three_by_four(out: &mut [f32], stride: usize) {
-        let qw = QuantWeights::quantize(&[1.0; 8], 4, 0..4);
-        let mut qx = QuantRows::default();
-        qx.fill(View::new(&[1.0; 6], 3, 2), Int8Isa::Scalar);
-        matmul(out, stride, &qx, &qw, Int8Isa::Scalar);
-    }
-
-    #[test]
-    #[should_panic(expected = "rows would overlap")]
-    fn refuses_an_output_stride_below_the_row_width() {
-        three_by_four(&mut [0.0; 16], 2);
-    }
-
-    #[test]
-    #[should_panic(expected = "output exceeds its slice")]
-    fn refuses_an_output_too_short() {
-        three_by_four(&mut [0.0; 11], 4);
     }
 }
